@@ -1,0 +1,58 @@
+"""The mechanism contract every attention in the zoo implements (see DESIGN.md, "Contracts").
+
+A mechanism turns projected queries, keys and values into context vectors. Everything around
+it (projections, residuals, layer norms, heads) is the shared backbone, so a new attention is
+one subclass of :class:`AttentionMechanism` and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class AttentionMechanism(nn.Module):
+    """Base class of every mechanism: ``(q, k, v, padding_mask, causal, cache) -> context``.
+
+    Shapes: ``q`` is (batch, heads, query_length, head_dim); ``k`` and ``v`` are
+    (batch, heads, key_length, head_dim); ``padding_mask`` is a (batch, key_length) bool tensor,
+    True for real tokens, covering the cached keys too when a cache is used. The result has the
+    shape of ``q``. Rows of queries that can see no real key are zeros, never NaN.
+
+    Subclasses set ``supports_causal`` and may own parameters and buffers; they never build an
+    L×L tensor unless they are the exact reference. Extra inputs (a ``global_attention_mask``,
+    say) are declared as further keyword arguments of ``forward``.
+    """
+
+    #: Whether ``forward(..., causal=True)`` is implemented (decides if ``ForCausalLM`` exists).
+    supports_causal: bool = False
+
+    def __init__(self, config: Any, layer_idx: int = 0) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.dropout = config.attention_probs_dropout_prob
+
+    @classmethod
+    def new_cache(cls, config: Any) -> Any:
+        """The empty ``transformers.Cache`` that incremental decoding with this mechanism fills.
+
+        Exact attention keeps every key and value (``DynamicCache``); a mechanism with a
+        recurrent state or a window returns its own cache on the same interface.
+        """
+        from transformers import DynamicCache
+
+        return DynamicCache(config=config)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        padding_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: Any = None,
+    ) -> torch.Tensor:
+        raise NotImplementedError

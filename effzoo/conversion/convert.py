@@ -1,0 +1,235 @@
+"""``effzoo convert``: any BERT or RoBERTa checkpoint -> any effzoo variant.
+
+The weights carry over unchanged (the Performer paper's backward compatibility); only the
+mechanism's own parameters are new. Positions can be extended by tiling. The output folder is
+written next to its final place and moved there only when complete, so a failed conversion
+leaves nothing half-written and never touches the source.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedConfig
+
+from ..configs.base import BERT_FIELDS
+from ..variants import Variant, get_variant
+from .sources import SUPPORTED_MODEL_TYPES, read_config, read_weights, resolve_source
+from .state_dict import POSITION_KEY, canonical_state_dict, position_offset, resize_positions, with_backbone_prefix
+
+#: Source architecture suffix (after "Bert"/"Roberta") -> the effzoo Auto class that receives it.
+HEAD_OF_ARCHITECTURE = {
+    "Model": "AutoModel",
+    "ForMaskedLM": "AutoModelForMaskedLM",
+    "ForPreTraining": "AutoModelForMaskedLM",
+    "ForCausalLM": "AutoModelForCausalLM",
+    "LMHeadModel": "AutoModelForCausalLM",
+    "ForSequenceClassification": "AutoModelForSequenceClassification",
+    "ForTokenClassification": "AutoModelForTokenClassification",
+    "ForQuestionAnswering": "AutoModelForQuestionAnswering",
+    "ForMultipleChoice": "AutoModelForMultipleChoice",
+}
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did; ``str(report)`` is the text ``effzoo convert`` prints."""
+
+    source: str
+    source_model_type: str
+    source_architecture: str
+    variant: str
+    model_class: str
+    output: str
+    parameters_carried: int = 0
+    tensors_carried: int = 0
+    new_parameters: dict[str, str] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    source_positions: int = 0
+    positions: int = 0
+    tokenizer: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [
+            f"source      {self.source} ({self.source_model_type}, {self.source_architecture})",
+            f"variant     {self.variant} -> {self.model_class}",
+            f"carried     {self.tensors_carried} tensors, {self.parameters_carried:,} parameters",
+            f"new         {len(self.new_parameters)} tensors"
+            + "".join(f"\n              {name}: {how}" for name, how in self.new_parameters.items()),
+            f"dropped     {len(self.dropped)} source tensors" + "".join(f"\n              {name}" for name in self.dropped),
+        ]
+        if self.positions != self.source_positions:
+            how = "tiled from the learned ones" if self.positions > self.source_positions else "truncated"
+            lines.append(f"positions   {self.source_positions} -> {self.positions} ({how})")
+        else:
+            lines.append(f"positions   {self.positions}")
+        if self.overrides:
+            lines.append("overrides   " + ", ".join(f"{key}={value!r}" for key, value in self.overrides.items()))
+        lines += [f"tokenizer   {self.tokenizer}", f"output      {self.output}"]
+        return "\n".join(lines)
+
+
+def convert(
+    source: str | Path,
+    to: str,
+    output: str | Path,
+    *,
+    max_position_embeddings: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ConversionReport:
+    """Convert a BERT/RoBERTa checkpoint (directory or Hub id) into the variant ``to`` at ``output``.
+
+    ``max_position_embeddings`` extends (or cuts) the position table; ``overrides`` sets config
+    fields of the variant (its mechanism's knobs). Raises ``ValueError`` on anything it cannot
+    convert, before writing anything.
+    """
+    variant = get_variant(to)
+    output = Path(output)
+    steps = tqdm(total=5, desc="effzoo convert", disable=not progress, leave=False)
+
+    steps.set_postfix_str("reading source")
+    source_dir = resolve_source(source)
+    _check_output(output, source_dir, overwrite)
+    source_config = read_config(source_dir)
+    family = SUPPORTED_MODEL_TYPES[source_config["model_type"]]
+    weights = canonical_state_dict(read_weights(source_dir), family)
+    steps.update()
+
+    steps.set_postfix_str("building model")
+    architecture = (source_config.get("architectures") or [f"{family.capitalize()}Model"])[0]
+    model_class = _target_class(variant, architecture)
+    offset = position_offset(family, source_config)
+    source_positions = source_config["max_position_embeddings"] - offset
+    positions = max_position_embeddings or source_positions
+    config = _target_config(variant, source_config, positions, overrides or {})
+    model = model_class(config).eval()
+    steps.update()
+
+    steps.set_postfix_str("carrying weights")
+    if POSITION_KEY in weights:
+        weights[POSITION_KEY] = resize_positions(weights[POSITION_KEY], offset, positions)
+    prefix = f"{model.base_model_prefix}." if model.base_model is not model else ""
+    report = _load(model, with_backbone_prefix(weights, prefix))
+    dtype = weights["embeddings.word_embeddings.weight"].dtype
+    model.to(dtype)
+    steps.update()
+
+    steps.set_postfix_str("saving")
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent if output.parent.exists() else None))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
+    try:
+        model.save_pretrained(staging)
+        tokenizer_status = _copy_tokenizer(source_dir, staging, positions)
+        _publish(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    steps.update()
+    steps.close()
+
+    report.update(
+        source=str(source), source_model_type=family, source_architecture=architecture, variant=variant.name,
+        model_class=model_class.__name__, output=str(output), source_positions=source_positions,
+        positions=positions, tokenizer=tokenizer_status, overrides=dict(overrides or {}),
+    )
+    return ConversionReport(**report)
+
+
+def _check_output(output: Path, source_dir: Path, overwrite: bool) -> None:
+    if output.resolve() == source_dir.resolve() or source_dir.resolve() in output.resolve().parents:
+        raise ValueError(f"Output {output} is the source checkpoint or inside it; choose another --output.")
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"Output {output} exists and is a file; choose a directory path for --output.")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise ValueError(f"Output directory {output} is not empty; pass --overwrite to replace it.")
+
+
+def _target_class(variant: Variant, architecture: str) -> type:
+    suffix = next((s for s in sorted(HEAD_OF_ARCHITECTURE, key=len, reverse=True) if architecture.endswith(s)), None)
+    if suffix is None:
+        raise ValueError(f"Cannot convert architecture {architecture!r}: effzoo has no matching head.")
+    auto_name = HEAD_OF_ARCHITECTURE[suffix]
+    classes = variant.model_classes
+    if auto_name not in classes:
+        raise ValueError(
+            f"The {variant.name!r} variant has no {auto_name} model (its attention cannot be causal), "
+            f"so a {architecture} checkpoint cannot be converted to it."
+        )
+    return classes[auto_name]
+
+
+def _target_config(variant: Variant, source_config: dict, positions: int, overrides: dict[str, Any]) -> Any:
+    config_class = variant.config_class
+    fields = {name: source_config[name] for name in BERT_FIELDS if name in source_config}
+    fields["max_position_embeddings"] = positions
+    valid = set(config_class.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ValueError(
+            f"Unknown setting(s) {unknown} for variant {variant.name!r}. Valid keys: {', '.join(sorted(valid))}."
+        )
+    fields.update(overrides)
+    return config_class(**fields)
+
+
+def _load(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Load the tensors that fit; account for new and dropped ones; refuse shape mismatches."""
+    expected = model.state_dict()
+    for key, tensor in weights.items():
+        if key in expected and expected[key].shape != tensor.shape:
+            raise ValueError(
+                f"Source tensor {key} has shape {tuple(tensor.shape)} but the model expects "
+                f"{tuple(expected[key].shape)}; the source config does not describe its weights."
+            )
+    result = model.load_state_dict(weights, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    new = {key: _initialisation(key) for key in result.missing_keys if key not in tied}
+    carried = [key for key in weights if key in expected]
+    return {
+        "tensors_carried": len(carried),
+        "parameters_carried": sum(weights[key].numel() for key in carried),
+        "new_parameters": new,
+        "dropped": sorted(result.unexpected_keys),
+    }
+
+
+def _initialisation(key: str) -> str:
+    if ".mechanism." in key:
+        return "the mechanism's own initialisation"
+    return "random, normal(0, initializer_range) as in BERT (train before use)"
+
+
+def _copy_tokenizer(source_dir: Path, target_dir: Path, positions: int) -> str:
+    """Save the source's tokenizer with ``model_max_length`` set to the new number of positions."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source_dir)
+    except (OSError, ValueError) as error:
+        return f"none copied (the source has no usable tokenizer: {error})"
+    tokenizer.model_max_length = positions
+    tokenizer.save_pretrained(target_dir)
+    return f"{type(tokenizer).__name__}, model_max_length={positions}"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(staging: Path, output: Path) -> None:
+    """Move the finished folder into place, replacing ``output`` only now that all is written."""
+    if output.exists():
+        shutil.rmtree(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(staging), str(output))

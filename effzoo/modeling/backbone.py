@@ -1,0 +1,391 @@
+"""The one BERT-shaped backbone every variant shares; only the attention mechanism differs.
+
+Module and parameter names are BERT's (``embeddings.word_embeddings``,
+``encoder.layer.N.attention.self.query``, ``…attention.output.dense``, ``…intermediate.dense``,
+``…output.LayerNorm``, ``pooler.dense``), so a BERT state dict loads with no renaming and the
+only new parameters are the mechanism's own, under ``…attention.self.mechanism``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+from transformers.pytorch_utils import apply_chunking_to_forward
+from transformers.utils.generic import can_return_tuple
+
+from ..attention.base import AttentionMechanism
+from ..configs.base import EffzooConfig
+
+
+class EffzooEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, LayerNorm and dropout (BERT's)."""
+
+    def __init__(self, config: EffzooConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        position_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        embeddings = embeddings + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class EffzooSelfAttention(nn.Module):
+    """Q/K/V projections around a mechanism: hidden states -> per-head (q, k, v) -> context."""
+
+    def __init__(self, config: EffzooConfig, mechanism_class: type[AttentionMechanism], layer_idx: int) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.mechanism = mechanism_class(config, layer_idx=layer_idx)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        causal: bool,
+        cache: Any,
+        **mechanism_inputs: Any,
+    ) -> torch.Tensor:
+        batch, length, _ = hidden_states.shape
+        heads_shape = (batch, length, self.num_heads, self.head_dim)
+        q = self.query(hidden_states).view(heads_shape).transpose(1, 2)
+        k = self.key(hidden_states).view(heads_shape).transpose(1, 2)
+        v = self.value(hidden_states).view(heads_shape).transpose(1, 2)
+        context = self.mechanism(
+            q, k, v, padding_mask=padding_mask, causal=causal, cache=cache, **mechanism_inputs
+        )
+        return context.transpose(1, 2).reshape(batch, length, -1)
+
+
+class EffzooResidualOutput(nn.Module):
+    """dense -> dropout -> LayerNorm(x + residual): BERT's SelfOutput and Output in one class."""
+
+    def __init__(self, config: EffzooConfig, input_size: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(input_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+
+
+class EffzooAttention(nn.Module):
+    """Self-attention block: ``self`` (projections + mechanism) and ``output`` (post-LN residual)."""
+
+    def __init__(self, config: EffzooConfig, mechanism_class: type[AttentionMechanism], layer_idx: int) -> None:
+        super().__init__()
+        self.self = EffzooSelfAttention(config, mechanism_class, layer_idx)
+        self.output = EffzooResidualOutput(config, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.output(self.self(hidden_states, *args, **kwargs), hidden_states)
+
+
+class EffzooIntermediate(nn.Module):
+    """The feed-forward expansion: dense to ``intermediate_size`` and the activation."""
+
+    def __init__(self, config: EffzooConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class EffzooLayer(GradientCheckpointingLayer):
+    """One post-LN transformer layer (BERT's): attention, then the (optionally chunked) feed-forward."""
+
+    def __init__(self, config: EffzooConfig, mechanism_class: type[AttentionMechanism], layer_idx: int) -> None:
+        super().__init__()
+        self.chunk_size_feed_forward = config.chunk_size_feed_forward
+        self.attention = EffzooAttention(config, mechanism_class, layer_idx)
+        self.intermediate = EffzooIntermediate(config)
+        self.output = EffzooResidualOutput(config, config.intermediate_size)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        past_key_values: Any = None,
+        **mechanism_inputs: Any,
+    ) -> torch.Tensor:
+        # `past_key_values` keeps Transformers' name so that gradient checkpointing drops the cache.
+        attention_output = self.attention(hidden_states, padding_mask, causal, past_key_values, **mechanism_inputs)
+        return apply_chunking_to_forward(self.feed_forward, self.chunk_size_feed_forward, 1, attention_output)
+
+    def feed_forward(self, attention_output: torch.Tensor) -> torch.Tensor:
+        return self.output(self.intermediate(attention_output), attention_output)
+
+
+class EffzooEncoder(nn.Module):
+    """The stack of layers."""
+
+    def __init__(self, config: EffzooConfig, mechanism_class: type[AttentionMechanism]) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(
+            [EffzooLayer(config, mechanism_class, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+
+
+class EffzooPooler(nn.Module):
+    """tanh(dense(first token)): BERT's pooler."""
+
+    def __init__(self, config: EffzooConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+class EffzooPredictionHeadTransform(nn.Module):
+    """dense -> activation -> LayerNorm, before the vocabulary projection (BERT's)."""
+
+    def __init__(self, config: EffzooConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+
+
+class EffzooLMPredictionHead(nn.Module):
+    """Transform, then the decoder to the vocabulary; its weight is tied to the word embeddings."""
+
+    def __init__(self, config: EffzooConfig) -> None:
+        super().__init__()
+        self.transform = EffzooPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden_states))
+
+
+class EffzooLMHead(nn.Module):
+    """The language-model head, named ``cls.predictions`` as in BERT."""
+
+    def __init__(self, config: EffzooConfig) -> None:
+        super().__init__()
+        self.predictions = EffzooLMPredictionHead(config)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.predictions(hidden_states)
+
+
+class EffzooPreTrainedModel(PreTrainedModel):
+    """Base of every effzoo model. A variant subclasses it to name its config and mechanism."""
+
+    config_class = EffzooConfig
+    #: The attention every layer uses; each variant's ``XPreTrainedModel`` sets it.
+    mechanism_class: type[AttentionMechanism] | None = None
+    base_model_prefix = "bert"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["EffzooEmbeddings", "EffzooLayer"]
+    # Extra keyword inputs belong to the mechanism; Trainer must not send loss kwargs through them.
+    accepts_loss_kwargs = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Transformers pins `config_class` on every subclass, so a variant class such as
+        # FullModel(EffzooModel, FullPreTrainedModel) would inherit EffzooModel's pinned base
+        # config. The class that names the mechanism (XPreTrainedModel) names the config too.
+        super().__init_subclass__(**kwargs)
+        for base in cls.__mro__:
+            if base.__dict__.get("mechanism_class") is not None:
+                cls.config_class = base.__dict__["config_class"]
+                break
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """Transformers' save, plus ``auto_map`` and the code module it points to."""
+        from ..conversion.remote_code import write_remote_code
+        from ..variants import variant_of_config
+
+        variant = variant_of_config(self.config)
+        self.config.auto_map = variant.auto_map
+        os.makedirs(save_directory, exist_ok=True)
+        write_remote_code(save_directory, variant)
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """BERT's initialisation, plus each mechanism's own parameters (``reset_parameters``)."""
+        super()._init_weights(module)
+        if isinstance(module, AttentionMechanism) and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        elif isinstance(module, EffzooLMPredictionHead):
+            init.zeros_(module.bias)
+
+
+def _positions_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Position of each token among the real tokens of its row (left padding does not shift it)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+
+
+class EffzooModel(EffzooPreTrainedModel):
+    """The bare encoder: embeddings, layers and pooler; outputs ``last_hidden_state`` and ``pooler_output``."""
+
+    def __init__(
+        self,
+        config: EffzooConfig,
+        add_pooling_layer: bool = True,
+        mechanism_class: type[AttentionMechanism] | None = None,
+    ) -> None:
+        super().__init__(config)
+        if mechanism_class is not None:
+            self.mechanism_class = mechanism_class
+        if self.mechanism_class is None:
+            raise TypeError(
+                f"{type(self).__name__} has no attention mechanism: use a variant's model class "
+                "(for example FullModel) or AutoModel, not the shared base class."
+            )
+        self.embeddings = EffzooEmbeddings(config)
+        self.encoder = EffzooEncoder(config, self.mechanism_class)
+        self.pooler = EffzooPooler(config) if add_pooling_layer else None
+        self._mechanism_input_names = _keyword_inputs(self.mechanism_class)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **mechanism_inputs: Any,
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
+        """Encode a batch. Extra keyword inputs go to the mechanism, which must declare them."""
+        batch, length = _input_shape(input_ids, inputs_embeds)
+        self._check_mechanism_inputs(mechanism_inputs)
+        causal = self.config.is_decoder
+        use_cache = causal and (self.config.use_cache if use_cache is None else use_cache)
+        if use_cache and past_key_values is None:
+            past_key_values = self.mechanism_class.new_cache(self.config)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+
+        device = (input_ids if input_ids is not None else inputs_embeds).device
+        if attention_mask is not None:
+            attention_mask = _check_attention_mask(attention_mask, batch, length, past_length)
+        if position_ids is None:
+            if past_length + length > self.config.max_position_embeddings:
+                raise _too_long(past_length + length, self.config.max_position_embeddings)
+            if attention_mask is not None:
+                position_ids = _positions_from_mask(attention_mask, length)
+            else:
+                position_ids = torch.arange(past_length, past_length + length, device=device).expand(batch, -1)
+        elif int(position_ids.max()) >= self.config.max_position_embeddings:
+            raise _too_long(int(position_ids.max()) + 1, self.config.max_position_embeddings)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(batch, length, dtype=torch.long, device=device)
+
+        hidden_states = self.embeddings(position_ids, token_type_ids, input_ids, inputs_embeds)
+        # An all-real batch passes no mask, so the mechanism can take its fastest path.
+        padding_mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            padding_mask = attention_mask.bool()
+
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        for layer in self.encoder.layer:
+            hidden_states = layer(
+                hidden_states, padding_mask, causal, past_key_values=past_key_values, **mechanism_inputs
+            )
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
+
+        return BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=hidden_states,
+            pooler_output=self.pooler(hidden_states) if self.pooler is not None else None,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+        )
+
+    def _check_mechanism_inputs(self, mechanism_inputs: dict[str, Any]) -> None:
+        unknown = sorted(set(mechanism_inputs) - self._mechanism_input_names)
+        if unknown:
+            accepted = sorted(self._mechanism_input_names) or ["none"]
+            raise TypeError(
+                f"{type(self).__name__}.forward() got unexpected keyword argument(s) {unknown}; "
+                f"the {self.config.model_type} attention accepts these extra inputs: {accepted}."
+            )
+
+
+def _keyword_inputs(mechanism_class: type[AttentionMechanism]) -> set[str]:
+    """Extra keyword inputs a mechanism declares beyond the base contract."""
+    base = set(inspect.signature(AttentionMechanism.forward).parameters)
+    return set(inspect.signature(mechanism_class.forward).parameters) - base
+
+
+def _input_shape(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> tuple[int, int]:
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+    if input_ids is not None and input_ids.dim() != 2:
+        raise ValueError(
+            f"input_ids must have shape (batch, sequence_length), got {tuple(input_ids.shape)}; "
+            "add a batch dimension with input_ids[None] for a single sequence."
+        )
+    if inputs_embeds is not None and inputs_embeds.dim() != 3:
+        raise ValueError(
+            f"inputs_embeds must have shape (batch, sequence_length, hidden_size), got {tuple(inputs_embeds.shape)}."
+        )
+    shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+    return int(shape[0]), int(shape[1])
+
+
+def _check_attention_mask(attention_mask: torch.Tensor, batch: int, length: int, past_length: int) -> torch.Tensor:
+    """The mask must cover the cached tokens and the new ones: (batch, past_length + length)."""
+    expected = (batch, past_length + length)
+    if tuple(attention_mask.shape) != expected:
+        hint = f" (past {past_length} + new {length} tokens)" if past_length else ""
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs {expected}{hint}: "
+            "one 1/0 entry per token, 1 for real tokens and 0 for padding, as the tokenizer returns it."
+        )
+    return attention_mask
+
+
+def _too_long(length: int, max_positions: int) -> ValueError:
+    return ValueError(
+        f"The input needs {length} positions but the model has max_position_embeddings={max_positions}. "
+        f"Truncate the input to {max_positions} tokens, or extend the positions: "
+        f"`effzoo convert SOURCE --to VARIANT --max-position-embeddings {length} --output DIR`."
+    )
