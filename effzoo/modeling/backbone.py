@@ -340,6 +340,11 @@ class EffzooModel(EffzooPreTrainedModel):
         )
 
     def _check_mechanism_inputs(self, mechanism_inputs: dict[str, Any]) -> None:
+        if mechanism_inputs.pop("output_attentions", False):
+            raise ValueError(
+                "output_attentions=True is not supported: effzoo mechanisms never build the L×L attention "
+                "matrix. Use output_hidden_states=True, or Transformers' BertModel for attention maps."
+            )
         unknown = sorted(set(mechanism_inputs) - self._mechanism_input_names)
         if unknown:
             accepted = sorted(self._mechanism_input_names) or ["none"]

@@ -94,6 +94,30 @@ def test_pretraining_checkpoint_drops_next_sentence_head(tmp_path):
                               "cls.seq_relationship.bias", "cls.seq_relationship.weight"]
 
 
+def test_causal_lm_checkpoint_becomes_a_causal_lm(tmp_path):
+    source_dir = save_tiny_checkpoint(transformers.BertLMHeadModel, tmp_path / "source", is_decoder=True)
+    report = effzoo.convert(source_dir, "full", tmp_path / "out", progress=False)
+    assert report.model_class == "FullForCausalLM" and report.new_parameters == {}
+    source = transformers.BertLMHeadModel.from_pretrained(source_dir).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    input_ids = torch.randint(5, 99, (2, 9))
+    with torch.no_grad():
+        assert (model(input_ids).logits - source(input_ids).logits).abs().max() < 1e-5
+
+
+def test_hub_ids_resolve_to_packaged_copies_and_fail_clearly_offline(tmp_path, monkeypatch, minilm_path):
+    from effzoo.conversion import sources
+
+    assert sources.resolve_source("sentence-transformers/all-MiniLM-L6-v2") == minilm_path
+
+    def offline(*args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", offline)
+    with pytest.raises(ValueError, match="could not be fetched from the Hub.*Offline, pass the path"):
+        sources.resolve_source("someone/some-bert")
+
+
 def test_unknown_variant_lists_known_ones(tmp_path):
     with pytest.raises(ValueError, match="Unknown variant 'performr'. Known variants: full"):
         effzoo.convert(tmp_path, "performr", tmp_path / "out")
