@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedConfig
 
 from ..configs.base import BERT_FIELDS
+from ..outputs import check_output_dir
 from ..variants import Variant, get_variant
 from .sources import SUPPORTED_MODEL_TYPES, read_config, read_weights, resolve_source
 from .state_dict import POSITION_KEY, canonical_state_dict, position_offset, resize_positions, with_backbone_prefix
@@ -147,10 +148,7 @@ def convert(
 def _check_output(output: Path, source_dir: Path, overwrite: bool) -> None:
     if output.resolve() == source_dir.resolve() or source_dir.resolve() in output.resolve().parents:
         raise ValueError(f"Output {output} is the source checkpoint or inside it; choose another --output.")
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"Output {output} exists and is a file; choose a directory path for --output.")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ValueError(f"Output directory {output} is not empty; pass --overwrite to replace it.")
+    check_output_dir(output, overwrite)
 
 
 def _target_class(variant: Variant, architecture: str) -> type:

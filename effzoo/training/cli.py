@@ -1,0 +1,121 @@
+"""Command-line parsers of ``effzoo finetune``, ``effzoo pretrain`` and ``effzoo distill``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .data import BUILTIN_DATASETS
+
+
+def _common(parser: argparse.ArgumentParser, *, data_help: str) -> None:
+    parser.add_argument("--output", required=True, dest="output_dir", help="directory for checkpoints and results")
+    parser.add_argument("--data", default="bbc_news",
+                        help=f"{data_help}: a built-in set ({', '.join(BUILTIN_DATASETS)}), a CSV / JSON lines / "
+                             "text file or a folder of train.* / validation.* / test.* files, or a Hub data set")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--resume-from-checkpoint", nargs="?", const=True, default=None,
+                        help="continue from the last checkpoint in --output (or from the one named)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
+def add_finetune_parser(commands: Any) -> None:
+    parser = commands.add_parser("finetune", help="fine-tune a variant on a task with Trainer",
+                                 description="Fine-tune an effzoo checkpoint (or a converted BERT) with Trainer.")
+    parser.add_argument("model", help="effzoo checkpoint, or a BERT/RoBERTa checkpoint with --convert-to")
+    parser.add_argument("--convert-to", metavar="VARIANT", help="convert MODEL to this variant first")
+    parser.add_argument("--task", default="sequence-classification",
+                        choices=["sequence-classification", "token-classification", "multiple-choice",
+                                 "question-answering"])
+    parser.add_argument("--max-length", type=int, default=512, help="tokens per example (truncation is reported)")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--text-pair-column", default=None)
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    parser.add_argument("--max-train-samples", type=int)
+    parser.add_argument("--max-eval-samples", type=int)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--bf16", action="store_true")
+    _common(parser, data_help="labelled data")
+
+
+def run_finetune(args: argparse.Namespace) -> None:
+    from .finetune import FinetuneConfig, finetune
+    from .tasks import Columns
+
+    columns = Columns(text=args.text_column, text_pair=args.text_pair_column, label=args.label_column)
+    config = FinetuneConfig(
+        model=args.model, output_dir=args.output_dir, data=args.data, task=args.task, convert_to=args.convert_to,
+        max_length=args.max_length, columns=columns, epochs=args.epochs, batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
+        seed=args.seed, max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
+        gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16,
+        resume_from_checkpoint=args.resume_from_checkpoint, overwrite=args.overwrite, progress=args.progress,
+    )
+    _print_results(finetune(config))
+
+
+def add_pretrain_parser(commands: Any) -> None:
+    parser = commands.add_parser("pretrain", help="continue masked-LM / causal-LM pre-training on long text",
+                                 description="Continued pre-training with packed documents (the Longformer recipe).")
+    parser.add_argument("model", help="effzoo checkpoint, or a BERT/RoBERTa checkpoint with --convert-to")
+    parser.add_argument("--convert-to", metavar="VARIANT", help="convert MODEL to this variant first")
+    parser.add_argument("--objective", choices=["mlm", "clm"], default="mlm")
+    parser.add_argument("--max-length", type=int, default=512, help="tokens per packed block")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--max-steps", type=int, default=1000)
+    parser.add_argument("--mlm-probability", type=float, default=0.15)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--bf16", action="store_true")
+    _common(parser, data_help="unlabelled text")
+
+
+def run_pretrain(args: argparse.Namespace) -> None:
+    from .pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(
+        model=args.model, output_dir=args.output_dir, data=args.data, text_column=args.text_column,
+        convert_to=args.convert_to, objective=args.objective, max_length=args.max_length,
+        mlm_probability=args.mlm_probability, max_steps=args.max_steps, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing,
+        bf16=args.bf16, resume_from_checkpoint=args.resume_from_checkpoint, overwrite=args.overwrite,
+        progress=args.progress,
+    )
+    _print_results(pretrain(config))
+
+
+def add_distill_parser(commands: Any) -> None:
+    parser = commands.add_parser("distill", help="recover a converted model against its teacher",
+                                 description="Train a converted student to match its teacher layer by layer.")
+    parser.add_argument("--teacher", required=True, help="the source checkpoint (directory or Hub id)")
+    parser.add_argument("--student", required=True, help="the converted effzoo checkpoint")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--max-steps", type=int, default=200)
+    parser.add_argument("--minutes", type=float, dest="time_budget_minutes", help="stop after this much wall time")
+    parser.add_argument("--trainable", choices=["all", "attention", "mechanism"], default="all")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--eval-texts", type=int, default=64, help="held-out texts for the fidelity figures")
+    _common(parser, data_help="unlabelled text")
+    parser.set_defaults(batch_size=4, learning_rate=1e-4)
+
+
+def run_distill(args: argparse.Namespace) -> None:
+    from .distill import DistillConfig, distill
+
+    config = DistillConfig(
+        teacher=args.teacher, student=args.student, output_dir=args.output_dir, data=args.data,
+        text_column=args.text_column, max_length=args.max_length, max_steps=args.max_steps,
+        time_budget_minutes=args.time_budget_minutes, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        trainable=args.trainable, eval_texts=args.eval_texts, seed=args.seed, overwrite=args.overwrite,
+        resume_from_checkpoint=args.resume_from_checkpoint, progress=args.progress,
+    )
+    _print_results(distill(config))
+
+
+def _print_results(results: dict[str, Any]) -> None:
+    print(json.dumps({key: value for key, value in results.items() if key != "config"}, indent=2))

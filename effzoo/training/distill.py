@@ -1,0 +1,205 @@
+"""``effzoo distill``: bring a converted model back to its teacher on unlabelled text.
+
+Swapping the attention of a pretrained BERT keeps its weights but changes what each layer
+computes. This recipe continues training the converted *student* to reproduce its *teacher*
+layer by layer — the attention output of every layer and the hidden state after it (the
+attention-transfer step of Hedgehog, Zhang et al. 2024, and LoLCATs, Zhang et al. 2025) —
+on real text, with Transformers' ``Trainer``. It works for any variant.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers import AutoModel, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+
+from ..attention.base import AttentionMechanism
+from ..conversion.sources import resolve_source
+from ..outputs import check_output_dir
+from .data import load_data
+from .fidelity import measure_fidelity
+
+TRAINABLE = ("all", "attention", "mechanism")
+
+
+@dataclass
+class DistillConfig:
+    """A distillation run. ``student`` is an effzoo checkpoint; ``teacher`` the model it came from."""
+
+    teacher: str
+    student: str
+    output_dir: str
+    data: str = "bbc_news"
+    text_column: str = "text"
+    max_length: int = 256
+    max_steps: int = 200
+    time_budget_minutes: float | None = None
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    trainable: str = "all"
+    hidden_weight: float = 1.0
+    attention_weight: float = 1.0
+    eval_texts: int = 64
+    seed: int = 0
+    overwrite: bool = False
+    resume_from_checkpoint: str | bool | None = None
+    save_checkpoints: bool = True
+    progress: bool = True
+
+
+class LayerOutputs:
+    """Forward hooks that collect each layer's attention-context output during one forward pass."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.outputs: list[torch.Tensor] = []
+        base = model.base_model
+        self._handles = [layer.attention.self.register_forward_hook(self._keep) for layer in base.encoder.layer]
+
+    def _keep(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self.outputs.append(output[0] if isinstance(output, tuple) else output)
+
+    def pop(self) -> list[torch.Tensor]:
+        outputs, self.outputs = self.outputs, []
+        return outputs
+
+
+def layer_matching_loss(student_states: list[torch.Tensor], teacher_states: list[torch.Tensor],
+                        attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over layers of the mean squared error on real tokens."""
+    real = attention_mask.bool()
+    losses = [F.mse_loss(s[real].float(), t[real].float()) for s, t in zip(student_states, teacher_states)]
+    return torch.stack(losses).mean()
+
+
+class DistillationTrainer(Trainer):
+    """``Trainer`` whose loss is the student's layer-wise distance to a frozen teacher."""
+
+    def __init__(self, *args: Any, teacher: torch.nn.Module, hidden_weight: float, attention_weight: float,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.hidden_weight, self.attention_weight = hidden_weight, attention_weight
+        self.student_attention = LayerOutputs(self.model)
+        self.teacher_attention = LayerOutputs(self.teacher)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = {key: value for key, value in inputs.items() if key in ("input_ids", "attention_mask")}
+        self.teacher.to(inputs["input_ids"].device)
+        with torch.no_grad():
+            teacher = self.teacher(**inputs, output_hidden_states=True)
+        student = model(**inputs, output_hidden_states=True)
+        mask = inputs["attention_mask"]
+        hidden = layer_matching_loss(student.hidden_states[1:], teacher.hidden_states[1:], mask)
+        attention = layer_matching_loss(self.student_attention.pop(), self.teacher_attention.pop(), mask)
+        loss = self.hidden_weight * hidden + self.attention_weight * attention
+        return (loss, student) if return_outputs else loss
+
+
+class TimeBudget(TrainerCallback):
+    """Stops training once ``minutes`` of wall time have passed (checked after every step)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = minutes * 60
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.perf_counter() - self.started > self.seconds:
+            control.should_training_stop = True
+        return control
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout only adds noise to an exact-matching objective: switch it off in the student."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        elif isinstance(module, AttentionMechanism):
+            module.dropout = 0.0
+
+
+def select_trainable(model: torch.nn.Module, trainable: str) -> int:
+    """Freeze everything but the chosen part; returns the number of trainable parameters."""
+    if trainable not in TRAINABLE:
+        raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}.")
+    for name, parameter in model.named_parameters():
+        if trainable == "all":
+            parameter.requires_grad_(True)
+        elif trainable == "attention":
+            parameter.requires_grad_(".attention." in name)
+        else:
+            parameter.requires_grad_(".mechanism." in name)
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if count == 0:
+        raise ValueError(f"trainable={trainable!r} leaves nothing to train in this variant (it has no "
+                         "mechanism parameters); use 'attention' or 'all'.")
+    return count
+
+
+def text_chunks(texts: list[str], tokenizer, max_length: int):
+    """Tokenized ``max_length`` windows of every text: long documents give several training rows."""
+    from datasets import Dataset
+
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, return_overflowing_tokens=True)
+    return Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]})
+
+
+def distill(config: DistillConfig) -> dict[str, Any]:
+    """Distil, measure fidelity on held-out text before and after, save the student and the results."""
+    output = Path(config.output_dir)
+    check_output_dir(output, config.overwrite, resuming=bool(config.resume_from_checkpoint))
+    transformers.set_seed(config.seed)
+    data = load_data(config.data, seed=config.seed)
+    held_out_split = "test" if "test" in data else "validation"
+    train_texts = list(data["train"][config.text_column])
+    held_out = list(data[held_out_split].shuffle(seed=config.seed).select(range(config.eval_texts))[config.text_column])
+
+    tokenizer = AutoTokenizer.from_pretrained(config.student)
+    teacher = AutoModel.from_pretrained(resolve_source(config.teacher))
+    student = AutoModel.from_pretrained(config.student)
+    before = measure_fidelity(teacher, student, tokenizer, held_out, config.max_length)
+    trainable_parameters = select_trainable(student, config.trainable)
+    disable_dropout(student)
+
+    strategy = "steps" if config.save_checkpoints else "no"
+    args = TrainingArguments(
+        output_dir=str(output), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate, warmup_steps=0.05, seed=config.seed, save_strategy=strategy,
+        save_steps=max(config.max_steps // 4, 1), save_total_limit=1, logging_steps=10, report_to=[],
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=not config.progress, remove_unused_columns=False,
+    )
+    callbacks = [TimeBudget(config.time_budget_minutes)] if config.time_budget_minutes else []
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=text_chunks(train_texts, tokenizer, config.max_length),
+        data_collator=transformers.DataCollatorWithPadding(tokenizer), callbacks=callbacks, teacher=teacher,
+        hidden_weight=config.hidden_weight, attention_weight=config.attention_weight,
+    )
+    started, started_cpu = time.perf_counter(), time.process_time()
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    wall_minutes = (time.perf_counter() - started) / 60
+    cpu_minutes = (time.process_time() - started_cpu) / 60  # summed over threads
+    trainer.save_model(str(output))
+    after = measure_fidelity(teacher, student, tokenizer, held_out, config.max_length)
+
+    results = {
+        "teacher": config.teacher,
+        "student": config.student,
+        "variant": student.config.model_type,
+        "steps": trainer.state.global_step,
+        "wall_minutes": round(wall_minutes, 2),
+        "cpu_minutes": round(cpu_minutes, 2),
+        "trainable_parameters": trainable_parameters,
+        "held_out": f"{len(held_out)} texts of the {held_out_split} split",
+        "before": before.as_dict(),
+        "after": after.as_dict(),
+        "config": json.loads(json.dumps(asdict(config), default=str)),
+    }
+    if trainer.is_world_process_zero():
+        (output / "effzoo_distill.json").write_text(json.dumps(results, indent=2))
+    return results

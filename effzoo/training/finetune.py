@@ -1,0 +1,157 @@
+"""``effzoo finetune``: fine-tune any variant on a task with Transformers' ``Trainer``.
+
+The model is an effzoo checkpoint, or a BERT/RoBERTa checkpoint converted on the fly
+(``convert_to``), with positions extended to ``max_length`` when it is longer than the
+source's. Evaluation runs every epoch, the best checkpoint is kept, ``resume_from_checkpoint``
+continues an interrupted run, and the same script runs under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+from .data import load_data, require_columns
+from ..outputs import check_output_dir, peak_memory_mib
+from .models import convert_for_training
+from .tasks import Columns, get_task
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything a fine-tuning run needs; the CLI fills it from its flags."""
+
+    model: str
+    output_dir: str
+    data: str = "bbc_news"
+    task: str = "sequence-classification"
+    convert_to: str | None = None
+    max_length: int = 512
+    columns: Columns = field(default_factory=Columns)
+    epochs: float = 3.0
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    seed: int = 0
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    gradient_checkpointing: bool = False
+    bf16: bool = False
+    resume_from_checkpoint: str | bool | None = None
+    overwrite: bool = False
+    save_checkpoints: bool = True
+    logging_steps: int = 10
+    progress: bool = True
+    callbacks: list = field(default_factory=list)
+
+
+def finetune(config: FinetuneConfig) -> dict[str, Any]:
+    """Train, keep the best checkpoint, evaluate on the test split; return and save the results."""
+    output = Path(config.output_dir)
+    check_output_dir(output, config.overwrite, resuming=bool(config.resume_from_checkpoint))
+    transformers.set_seed(config.seed)
+    task = get_task(config.task)
+    data = load_data(config.data, seed=config.seed)
+    require_columns(data, task.required(config.columns), task.name)
+    data = _subsample(data, config)
+
+    model_path = convert_for_training(config.model, config.convert_to, config.max_length, output,
+                                      reuse=bool(config.resume_from_checkpoint), progress=config.progress)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    auto_class = getattr(transformers, task.auto_class)
+    model_config = transformers.AutoConfig.from_pretrained(model_path)
+    positions = model_config.max_position_embeddings
+    if config.max_length > positions:
+        raise ValueError(
+            f"--max-length {config.max_length} is longer than the model's {positions} positions. Extend them with "
+            f"--convert-to VARIANT (positions grow to --max-length), or `effzoo convert SOURCE --to VARIANT "
+            f"--max-position-embeddings {config.max_length} --output DIR`."
+        )
+    prepared = task.prepare(data, tokenizer, config.columns, config.max_length)
+    model = auto_class.from_pretrained(model_path, **prepared.model_kwargs)
+
+    trainer = Trainer(
+        model=model,
+        args=_training_arguments(config, prepared.metric_for_best_model, has_validation="validation" in data),
+        train_dataset=prepared.data["train"],
+        eval_dataset=prepared.data.get("validation"),
+        data_collator=prepared.collator,
+        processing_class=tokenizer,
+        compute_metrics=prepared.compute_metrics,
+        callbacks=config.callbacks,
+    )
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    training_seconds = time.perf_counter() - started
+    trainer.save_model(str(output))
+
+    results: dict[str, Any] = {
+        "task": task.name,
+        "model": config.model,
+        "variant": model.config.model_type,
+        "max_length": config.max_length,
+        "truncated_examples": prepared.truncated,
+        "training_seconds": round(training_seconds, 1),
+        "train_examples": len(prepared.data["train"]),
+    }
+    evaluation_split = "test" if "test" in prepared.data else "validation"
+    started = time.perf_counter()
+    metrics = trainer.evaluate(prepared.data[evaluation_split], metric_key_prefix=evaluation_split)
+    seconds = time.perf_counter() - started
+    tokens = sum(len(ids) if not isinstance(ids[0], list) else sum(map(len, ids))
+                 for ids in prepared.data[evaluation_split]["input_ids"])
+    results.update(metrics)
+    results["eval_tokens_per_second"] = round(tokens / seconds, 1)
+    results["peak_memory_mib"] = round(peak_memory_mib(), 1)
+    results["config"] = _jsonable({key: value for key, value in asdict(config).items() if key != "callbacks"})
+    if trainer.is_world_process_zero():
+        (output / "effzoo_results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _subsample(data, config: FinetuneConfig):
+    for split, limit in (("train", config.max_train_samples), ("validation", config.max_eval_samples),
+                         ("test", config.max_eval_samples)):
+        if limit is not None and split in data and len(data[split]) > limit:
+            data[split] = data[split].shuffle(seed=config.seed).select(range(limit))
+    return data
+
+
+def _training_arguments(config: FinetuneConfig, best_metric: str, has_validation: bool) -> TrainingArguments:
+    strategy = "epoch" if has_validation and config.save_checkpoints else "no"
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a fraction of the training steps
+        seed=config.seed,
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        save_total_limit=2 if strategy != "no" else None,
+        load_best_model_at_end=strategy != "no",
+        metric_for_best_model=best_metric if strategy != "no" else None,
+        greater_is_better=best_metric != "mse",
+        activation_checkpointing=config.gradient_checkpointing,
+        bf16=config.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        logging_steps=config.logging_steps,
+        report_to=[],
+        disable_tqdm=not config.progress,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
