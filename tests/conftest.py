@@ -45,11 +45,14 @@ def save_tiny_checkpoint(model_class: type, directory: Path, family: str = "bert
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.02)
     model.save_pretrained(directory)
-    vocab = directory / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]))
-    BertTokenizer(vocab_file=str(vocab)).save_pretrained(directory)
-    vocab.unlink()
+    tiny_tokenizer().save_pretrained(directory)
     return directory
+
+
+def tiny_tokenizer() -> BertTokenizer:
+    """A word-piece tokenizer over the tiny vocabulary: [PAD] [UNK] [CLS] [SEP] [MASK] w0 … w93."""
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
+    return BertTokenizer(vocab={token: index for index, token in enumerate(tokens)})
 
 
 def random_batch(batch: int = 3, length: int = 12, vocab_size: int = 99, padding: str = "right"):

@@ -1,0 +1,73 @@
+"""Distillation and continued pre-training on tiny models, and the fidelity figures they report."""
+
+import json
+
+import pytest
+import torch
+from transformers import BertForMaskedLM, BertModel
+
+import effzoo
+from effzoo.training.distill import DistillConfig, distill, layer_matching_loss, select_trainable
+from effzoo.training.fidelity import spearman
+from effzoo.training.pretrain import PretrainConfig, pack_texts, pretrain
+from tests.conftest import save_tiny_checkpoint
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_text("\n".join(" ".join(f"w{(row * 5 + i) % 90}" for i in range(30)) for row in range(40)))
+    return path
+
+
+def test_spearman_and_layer_loss_follow_their_formulas():
+    x = torch.tensor([0.1, 0.5, 0.3, 0.9])
+    assert spearman(x, x) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    assert spearman(x, torch.tensor([1.0, 3.0, 2.0, 0.0])) == pytest.approx(1 - 6 * (1 + 1 + 1 + 9) / (4 * 15))
+    mask = torch.tensor([[1, 1, 0]])
+    a, b = torch.zeros(1, 3, 2), torch.ones(1, 3, 2)
+    b[0, 2] = 100.0  # a padded position never counts
+    assert layer_matching_loss([a, a], [b, b], mask) == pytest.approx(1.0)
+
+
+def test_distilling_full_from_its_own_teacher_changes_nothing(tmp_path, text_file):
+    source = save_tiny_checkpoint(BertModel, tmp_path / "teacher", hidden_dropout_prob=0.1)
+    effzoo.convert(source, "full", tmp_path / "student", progress=False)
+    results = distill(DistillConfig(teacher=str(source), student=str(tmp_path / "student"),
+                                    output_dir=str(tmp_path / "out"), data=str(text_file), max_length=16,
+                                    max_steps=3, eval_texts=4, progress=False, save_checkpoints=False))
+    assert results["before"]["sentence_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert results["after"]["token_cosine"] == pytest.approx(1.0, abs=1e-6)  # zero loss: dropout is off
+    assert json.loads((tmp_path / "out" / "effzoo_distill.json").read_text())["steps"] == 3
+
+
+def test_trainable_parts_are_chosen_by_name(tiny_full_config):
+    model = effzoo.FullModel(tiny_full_config)
+    attention = select_trainable(model, "attention")
+    assert 0 < attention < sum(p.numel() for p in model.parameters())
+    assert all(p.requires_grad == (".attention." in n) for n, p in model.named_parameters())
+    with pytest.raises(ValueError, match="no mechanism parameters"):
+        select_trainable(model, "mechanism")
+    with pytest.raises(ValueError, match="trainable must be one of"):
+        select_trainable(model, "everything")
+
+
+def test_packing_fills_whole_blocks(tmp_path):
+    source = save_tiny_checkpoint(BertModel, tmp_path / "bert")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    packed = pack_texts(["w1 w2 w3", "w4 w5 w6 w7"], tokenizer, block_length=4)
+    assert packed["input_ids"] == [[2, 6, 7, 8], [3, 2, 9, 10]]  # [CLS] w1 w2 w3 | [SEP] [CLS] w4 w5; tail dropped
+
+
+def test_pretrain_extends_positions_and_lowers_the_loss(tmp_path, text_file):
+    source = save_tiny_checkpoint(BertForMaskedLM, tmp_path / "bert")
+    results = pretrain(PretrainConfig(model=str(source), convert_to="full", output_dir=str(tmp_path / "out"),
+                                      data=str(text_file), max_length=96, max_steps=12, batch_size=4,
+                                      learning_rate=2e-3, progress=False, logging_steps=1))
+    assert results["max_length"] == 96 and results["train_blocks"] > 0
+    model = effzoo.FullForMaskedLM.from_pretrained(tmp_path / "out")
+    assert model.config.max_position_embeddings == 96
+    assert results["perplexity"] == pytest.approx(torch.tensor(results["eval_loss"]).exp().item(), rel=1e-4)
