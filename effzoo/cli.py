@@ -3,31 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-
-def _parse_setting(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE read as JSON when it is JSON (numbers, true/false, lists), else a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}.")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}.")
-    return value
+from .arguments import parse_setting, positive_int
+from .hub import cli as hub_cli
+from .training import cli as training_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,13 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", help="checkpoint directory or Hub id (packaged checkpoints work offline)")
     convert.add_argument("--to", required=True, metavar="VARIANT", help=f"one of: {', '.join(sorted(VARIANTS))}")
     convert.add_argument("--output", required=True, help="directory to write the converted checkpoint to")
-    convert.add_argument("--max-position-embeddings", type=_positive_int, metavar="N",
+    convert.add_argument("--max-position-embeddings", type=positive_int, metavar="N",
                          help="extend the positions to N by tiling the learned ones")
-    convert.add_argument("--set", dest="settings", type=_parse_setting, action="append", default=[],
+    convert.add_argument("--set", dest="settings", type=parse_setting, action="append", default=[],
                          metavar="KEY=VALUE", help="set a config field of the variant (repeatable)")
     convert.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     convert.add_argument("--verify", action="store_true",
                          help="then compare the converted model with the source on sample texts")
+
+    for add_parser, _ in _COMMANDS.values():
+        add_parser(commands)
     return parser
 
 
@@ -66,11 +50,22 @@ def _run_convert(args: argparse.Namespace) -> None:
         print(compare_with_source(args.source, args.output))
 
 
+#: The other commands: name -> (adds its parser, runs it). Each lives with the code it drives.
+_COMMANDS = {
+    "finetune": (training_cli.add_finetune_parser, training_cli.run_finetune),
+    "pretrain": (training_cli.add_pretrain_parser, training_cli.run_pretrain),
+    "distill": (training_cli.add_distill_parser, training_cli.run_distill),
+    "card": (hub_cli.add_card_parser, hub_cli.run_card),
+    "push": (hub_cli.add_push_parser, hub_cli.run_push),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print one line and exit with status 2, never a traceback."""
     args = build_parser().parse_args(argv)
+    run = _run_convert if args.command == "convert" else _COMMANDS[args.command][1]
     try:
-        {"convert": _run_convert}[args.command](args)
+        run(args)
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"effzoo {args.command}: error: {error}", file=sys.stderr)
         return 2

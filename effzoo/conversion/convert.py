@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedConfig
 
 from ..configs.base import BERT_FIELDS
+from ..hub.card import source_license
+from ..hub.provenance import record_provenance
 from ..outputs import check_output_dir
 from ..variants import Variant, get_variant
 from .sources import SUPPORTED_MODEL_TYPES, read_config, read_weights, resolve_source
@@ -131,6 +133,11 @@ def convert(
     try:
         model.save_pretrained(staging)
         tokenizer_status = _copy_tokenizer(source_dir, staging, positions)
+        record_provenance(staging, source={
+            "id": str(source), "license": source_license(str(source)), "model_type": family,
+            "architecture": architecture, "positions": f"{source_positions} -> {positions}",
+            "overrides": dict(overrides or {}),
+        })
         _publish(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

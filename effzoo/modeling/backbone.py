@@ -227,9 +227,19 @@ class EffzooPreTrainedModel(PreTrainedModel):
                 break
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """Transformers' save, plus ``auto_map`` and the code module it points to."""
-        from ..conversion.remote_code import write_remote_code
-        from ..variants import variant_of_config
+        """Transformers' save, plus ``auto_map`` and the code module it points to.
+
+        The copy of this module inside a checkpoint imports these two from an installed effzoo (see
+        ``conversion/remote_code.py``); where effzoo is not installed, it saves as any remote-code
+        model does: Transformers copies the code it was loaded from.
+        """
+        try:
+            from ..conversion.remote_code import write_remote_code
+            from ..variants import variant_of_config
+        except ModuleNotFoundError as missing:
+            if missing.name != "effzoo":
+                raise
+            return super().save_pretrained(save_directory, *args, **kwargs)
 
         variant = variant_of_config(self.config)
         self.config.auto_map = variant.auto_map

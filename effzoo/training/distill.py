@@ -22,6 +22,7 @@ from transformers import AutoModel, AutoTokenizer, Trainer, TrainerCallback, Tra
 
 from ..attention.base import AttentionMechanism
 from ..conversion.sources import resolve_source
+from ..hub.provenance import read_provenance, record_provenance
 from ..outputs import check_output_dir
 from .data import load_data
 from .fidelity import measure_fidelity
@@ -202,4 +203,8 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     }
     if trainer.is_world_process_zero():
         (output / "effzoo_distill.json").write_text(json.dumps(results, indent=2))
+        record_provenance(output, **read_provenance(config.student), fidelity={
+            "teacher": config.teacher, "data": results["held_out"], "metrics": after.as_dict(),
+            "before_recovery": before.as_dict(), "recovery_cpu_minutes": results["cpu_minutes"],
+        })
     return results

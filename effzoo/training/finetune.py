@@ -19,6 +19,7 @@ import transformers
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 
 from .data import load_data, require_columns
+from ..hub.provenance import read_provenance, record_provenance
 from ..outputs import check_output_dir, peak_memory_mib
 from .models import convert_for_training
 from .tasks import Columns, get_task
@@ -115,7 +116,27 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     results["config"] = _jsonable({key: value for key, value in asdict(config).items() if key != "callbacks"})
     if trainer.is_world_process_zero():
         (output / "effzoo_results.json").write_text(json.dumps(results, indent=2))
+        _record(output, model_path, config, task, metrics, evaluation_split)
     return results
+
+
+def _record(output: Path, model_path: str, config: FinetuneConfig, task: Any, metrics: dict[str, float],
+            split: str) -> None:
+    """Provenance for the model card: what it came from, how it was trained, what it scored."""
+    local = Path(config.data).exists()
+    data_name = "BBC News" if config.data == "bbc_news" else Path(config.data).name
+    results = [
+        {"task_type": task.pipeline_task, "dataset_type": data_name if local else config.data,
+         "dataset_name": data_name,
+         "dataset_split": split, "metric_type": key.removeprefix(f"{split}_"), "metric_value": value}
+        for key, value in metrics.items()
+        if key.removeprefix(f"{split}_") in ("accuracy", "f1", "mse", "exact_match")
+    ]
+    settings = {"epochs": config.epochs, "learning_rate": config.learning_rate, "batch_size": config.batch_size,
+                "max_length": config.max_length, "seed": config.seed}
+    inherited = read_provenance(model_path) if Path(model_path).is_dir() else {}
+    record_provenance(output, **inherited, training={"task": task.name, "data": data_name, "settings": settings},
+                      results=results)
 
 
 def _subsample(data, config: FinetuneConfig):

@@ -10,16 +10,22 @@ def convert_for_training(model: str, convert_to: str | None, max_length: int, ou
     """``model`` itself, or ``model`` converted to ``convert_to`` in ``output/converted``.
 
     The positions grow to ``max_length`` when it is longer than the source's (tiling, the
-    Longformer recipe). ``reuse`` keeps an earlier conversion (when resuming a run).
+    Longformer recipe). ``reuse`` keeps an earlier conversion (when resuming a run). Under
+    ``accelerate launch`` one process per machine converts while the others wait, then reuse it.
     """
     if convert_to is None:
         return model
+    import torch
+    from accelerate import PartialState
+
     from ..conversion import convert
     from ..conversion.sources import position_count, resolve_source
 
     source_positions = position_count(resolve_source(model))
     target = output / "converted"
-    if not (reuse and target.is_dir()):
-        convert(model, convert_to, target, overwrite=True, progress=progress,
-                max_position_embeddings=max_length if max_length > source_positions else None)
+    state = PartialState(cpu=not torch.cuda.is_available())  # the same device choice as the Trainer's
+    with state.local_main_process_first():
+        if state.is_local_main_process and not (reuse and target.is_dir()):
+            convert(model, convert_to, target, overwrite=True, progress=progress,
+                    max_position_embeddings=max_length if max_length > source_positions else None)
     return str(target)

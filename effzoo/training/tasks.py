@@ -86,6 +86,7 @@ class SequenceClassification:
     """Single-label, multi-label (a list of labels per row) or regression (float labels)."""
 
     auto_class = "AutoModelForSequenceClassification"
+    pipeline_task = "text-classification"  # the model-index task type
     name = "sequence-classification"
 
     @staticmethod
@@ -143,6 +144,7 @@ class TokenClassification:
     """A label per word (``tokens`` + a list-of-labels column); sub-words after the first are ignored."""
 
     auto_class = "AutoModelForTokenClassification"
+    pipeline_task = "token-classification"  # the model-index task type
     name = "token-classification"
 
     @staticmethod
@@ -183,6 +185,7 @@ class MultipleChoice:
     """A text (``question``) and a list of candidate answers (``choices``); the label is the right one's index."""
 
     auto_class = "AutoModelForMultipleChoice"
+    pipeline_task = "multiple-choice"  # the model-index task type
     name = "multiple-choice"
 
     @staticmethod
@@ -225,6 +228,7 @@ class QuestionAnswering:
     """
 
     auto_class = "AutoModelForQuestionAnswering"
+    pipeline_task = "question-answering"  # the model-index task type
     name = "question-answering"
 
     @staticmethod

@@ -8,6 +8,7 @@ import torch
 from transformers import BertModel, TrainerCallback
 
 import effzoo
+from effzoo.hub import write_model_card
 from effzoo.training import FinetuneConfig, finetune
 from effzoo.training.tasks import Columns
 from tests.conftest import save_tiny_checkpoint
@@ -48,6 +49,9 @@ def test_sequence_classification_from_a_converted_bert(tiny_bert, tmp_path, clas
     assert saved["truncated_examples"] == 0 and saved["train_examples"] == 36
     model = effzoo.FullForSequenceClassification.from_pretrained(tmp_path / "run")
     assert model.config.id2label == {0: "politics", 1: "sports"}
+    # Conversion and training leave the provenance a model card is written from.
+    card = write_model_card(tmp_path / "run").read_text()
+    assert f"- type: accuracy\n      value: {results['validation_accuracy']}" in card and str(tiny_bert) in card
 
 
 def test_truncation_is_reported(tiny_bert, tmp_path, classification_csv):

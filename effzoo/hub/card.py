@@ -1,0 +1,152 @@
+"""``effzoo card``: a checkpoint's model card (``README.md``), from what its folder records.
+
+The metadata is built with ``huggingface_hub.ModelCardData``: ``library_name: transformers``,
+tags (``effzoo`` and the variant), the pipeline tag of the saved head, the licence inherited
+from the source, ``base_model`` (the source, when it is a Hub id), the training data sets, and
+the evaluation results as ``model-index``. The text is ``effzoo/hub/templates/model_card.md`` (Jinja)
+filled with the variant, its attention mechanism and paper, the source, the training, the
+results, the fidelity to the teacher and the speed figures, mostly read from the folder's
+``effzoo_provenance.json`` (see :mod:`.provenance`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, try_to_load_from_cache
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from ..conversion.sources import packaged_checkpoint
+from .checkpoint import CARD_FILE, read_checkpoint
+from .provenance import read_provenance
+
+#: The card template, shipped inside the package so that an installed effzoo can write cards.
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
+
+#: The Auto class of the saved head -> the card's ``pipeline_tag`` (the Hub's widget and filter).
+PIPELINE_TAG_OF_AUTO_CLASS = {
+    "AutoModel": "feature-extraction",
+    "AutoModelForMaskedLM": "fill-mask",
+    "AutoModelForCausalLM": "text-generation",
+    "AutoModelForSequenceClassification": "text-classification",
+    "AutoModelForTokenClassification": "token-classification",
+    "AutoModelForQuestionAnswering": "question-answering",
+}
+
+
+def write_model_card(
+    checkpoint_dir: str | Path,
+    *,
+    model_name: str | None = None,
+    source: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+    results: list[dict[str, Any]] | None = None,
+    fidelity: dict[str, Any] | None = None,
+    speed: list[dict[str, Any]] | None = None,
+    license: str | None = None,
+    intended_use: str | None = None,
+    limitations: str | None = None,
+    overwrite: bool = False,
+    template: str | Path = TEMPLATE,
+) -> Path:
+    """Write ``README.md`` into an effzoo checkpoint folder and return its path.
+
+    ``source``, ``training``, ``results``, ``fidelity`` and ``speed`` have the shapes of the
+    provenance sections (:mod:`.provenance`); each one given replaces the recorded one. The
+    licence is ``license``, else the one recorded for the source, else the one in the source's
+    own card when it is on this machine. ``model_name`` (default: the folder's name) titles the
+    card and names the model in ``model-index``; give the Hub repo id. Raises ValueError when the
+    folder is not an effzoo checkpoint, when a card exists and ``overwrite`` is false, or when a
+    result is not a valid ``huggingface_hub.EvalResult``.
+    """
+    directory = Path(checkpoint_dir)
+    config, variant = read_checkpoint(directory)
+    path = directory / CARD_FILE
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} exists; pass overwrite=True (--overwrite) to replace it.")
+    given = {"source": source, "training": training, "results": results, "fidelity": fidelity, "speed": speed}
+    provenance = read_provenance(directory) | {key: value for key, value in given.items() if value is not None}
+    source = provenance.get("source") or {}
+    training = provenance.get("training") or {}
+    results = provenance.get("results") or []
+    speed = provenance.get("speed") or []
+    model_name = model_name or directory.resolve().name
+    architecture = (config.get("architectures") or [variant.model_classes["AutoModel"].__name__])[0]
+    auto_class = next((auto for auto, cls in variant.model_classes.items() if cls.__name__ == architecture), "AutoModel")
+    mechanism = variant.model_classes["AutoModel"].mechanism_class
+
+    card_data = ModelCardData(
+        library_name="transformers",
+        license=license or source.get("license") or source_license(source.get("id")),
+        base_model=source["id"] if is_hub_id(source.get("id")) else None,
+        datasets=training.get("datasets") or None,
+        tags=["effzoo", variant.name],
+        pipeline_tag=PIPELINE_TAG_OF_AUTO_CLASS.get(auto_class),
+        # model_name only names the model in model-index; alone it would be a stray metadata key.
+        model_name=model_name if results else None,
+        eval_results=_eval_results(results) or None,
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template),
+        model_name=model_name,
+        variant=variant,
+        # A mechanism's docstring opens with its formula and paper (DESIGN.md, "Naming and style").
+        mechanism={"name": mechanism.__name__, "summary": inspect.getdoc(mechanism).splitlines()[0]},
+        config=config,
+        architecture=architecture,
+        auto_class=auto_class,
+        source=source,
+        training=training,
+        results=results,
+        fidelity=provenance.get("fidelity") or {},
+        speed=speed,
+        speed_columns=list(dict.fromkeys(column for row in speed for column in row)),
+        intended_use=intended_use,
+        limitations=limitations,
+    )
+    card.save(path)
+    return path
+
+
+def is_hub_id(name: str | None) -> bool:
+    """Whether ``name`` reads as a Hub model id rather than a path on this machine."""
+    if not name or Path(name).exists():
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def source_license(source_id: str | None) -> str | None:
+    """The licence in the source checkpoint's own card, when that card is on this machine: in the
+    source folder, in a packaged copy of a Hub checkpoint, or in the Hub cache. Never goes online."""
+    if not source_id:
+        return None
+    candidates = [Path(source_id) / CARD_FILE]
+    packaged = packaged_checkpoint(source_id)
+    if packaged is not None:
+        candidates.append(packaged / CARD_FILE)
+    if is_hub_id(source_id):
+        cached = try_to_load_from_cache(source_id, CARD_FILE)
+        if isinstance(cached, str):  # otherwise None or a "known not to exist" marker
+            candidates.append(Path(cached))
+    for candidate in candidates:
+        if candidate.is_file():
+            return ModelCard.load(candidate, ignore_metadata_errors=True).data.license
+    return None
+
+
+def _eval_results(entries: list[dict[str, Any]]) -> list[EvalResult]:
+    try:
+        return [EvalResult(**entry) for entry in entries]
+    except TypeError as error:
+        raise ValueError(
+            "Each evaluation result takes the keyword arguments of huggingface_hub.EvalResult: task_type, "
+            "dataset_type, dataset_name, metric_type, metric_value, and optional ones such as dataset_split; "
+            f"{error}."
+        ) from error
