@@ -14,6 +14,9 @@ import transformers
 
 from .configs.base import EffzooConfig
 from .modeling import full as full_modeling
+from .modeling import hedgehog as hedgehog_modeling
+from .modeling import linear as linear_modeling
+from .modeling import performer as performer_modeling
 from .modeling.backbone import EffzooModel
 from .modeling.heads import (
     EffzooForCausalLM,
@@ -74,6 +77,9 @@ VARIANTS: dict[str, Variant] = {
     variant.name: variant
     for variant in [
         Variant("full", full_modeling, "exact softmax attention (SDPA): BERT itself, the reference and baseline"),
+        Variant("performer", performer_modeling, "FAVOR+ positive random features estimating softmax (or ReLU)"),
+        Variant("linear", linear_modeling, "elu(x)+1 kernel attention, deterministic, no new parameters"),
+        Variant("hedgehog", hedgehog_modeling, "a learnable feature map trained to mimic softmax attention"),
     ]
 }
 

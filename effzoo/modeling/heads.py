@@ -105,6 +105,14 @@ class EffzooForCausalLM(_LanguageModelHead, GenerationMixin):
         config.is_decoder = True  # a causal LM is a decoder: every layer masks the future
         super().__init__(config)
 
+    def _prepare_cache_for_generation(self, generation_config: Any, model_kwargs: dict, *args: Any,
+                                      **kwargs: Any) -> None:
+        """``generate()`` would build a ``DynamicCache``; the mechanism decides what it keeps instead
+        (every key and value for exact attention, a recurrent state for kernel attention, ...)."""
+        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
+            model_kwargs["past_key_values"] = self.mechanism_class.new_cache(self.config)
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
     @can_return_tuple
     def forward(
         self,

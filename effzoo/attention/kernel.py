@@ -1,0 +1,333 @@
+"""Kernel (linear) attention: φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1) in O(L·m·d), never an L×L tensor.
+
+One mechanism for the Performer (FAVOR+, Choromanski et al. 2021), the Linear Transformer
+(Katharopoulos et al. 2020) and Hedgehog (Zhang et al. 2024); the feature map is the only
+difference (:mod:`.feature_maps`). Values are extended with a column of ones, [v, 1], so the
+normaliser φ(q)·Σφ(k) rides along with the numerator in the same matrix products.
+
+- Bidirectional: S = φ(K)ᵀ[V, 1] (m × (d+1) per head), then φ(Q)S (eq. 4–6 of Katharopoulos).
+- Causal, chunked: exact within a chunk (a chunk × chunk lower-triangular kernel matrix) plus
+  the state of all earlier chunks, S_<c = Σ_{c'<c} φ(K_c')ᵀ[V_c', 1], from one batched product
+  and a prefix sum over chunks (the chunk form of eq. 8–9, as in fla's ``chunk`` kernels).
+- Decoding: :class:`KernelAttentionCache` keeps S (and the FAVOR+ key stabiliser) per layer, so
+  each new token costs O(m·d).
+
+The slow, obviously correct reference is the explicit kernel matrix φ(Q)φ(K)ᵀ, masked and
+row-normalised (the tests build it). Attention-probability dropout has no linear-time
+equivalent: ``attention_probs_dropout_prob`` is accepted and not applied.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import Cache, LinearAttentionLayer
+
+from .base import AttentionMechanism
+from .feature_maps import (
+    EluFeatures,
+    FavorReluFeatures,
+    FavorSoftmaxFeatures,
+    FeatureMap,
+    HedgehogFeatures,
+    upcast,
+)
+from .masking import query_padding_mask, zero_padded_queries
+
+KERNELS = ("softmax", "relu", "elu", "hedgehog")
+
+
+class KernelStateLayer(LinearAttentionLayer):
+    """One layer's decoding state: S = Σ φ(k)[v, 1]ᵀ (batch, heads, m, d+1) and the key log-scale.
+
+    ``recurrent_states[0]`` is S (float32), ``recurrent_states[1]`` the (batch, heads, 1, 1)
+    log-scale of FAVOR+ softmax keys (S is stored divided by exp(log_scale); unused by the other
+    kernels); ``tokens_seen`` counts positions, padded ones included, so position ids continue.
+    """
+
+    is_compileable = False  # a Python token count; also keeps generate() from building 4D masks
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(number_of_states=2)
+        self.tokens_seen = 0
+        self.feature_version: int | None = None
+
+    def read(self, feature_version: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(S, log_scale) of the tokens seen so far, or (None, None) before the first update."""
+        if not self.has_previous_state[0]:
+            return None, None
+        if feature_version != self.feature_version:
+            raise RuntimeError(
+                "The random features of this attention layer were redrawn while a KernelAttentionCache "
+                "was in use; the cached state no longer matches. Start a new cache after a redraw "
+                "(or set feature_redraw_interval=None for generation)."
+            )
+        log_scale = self.recurrent_states[1] if self.has_previous_state[1] else None
+        return self.recurrent_states[0], log_scale
+
+    def write(self, state: torch.Tensor, log_scale: torch.Tensor | None, new_tokens: int, feature_version: int) -> None:
+        """Store the updated state after ``new_tokens`` more positions.
+
+        The new tensors replace the old ones (no in-place copy), so a graph that used the old
+        state stays valid; ``is_compileable`` is False anyway, so no static address is needed.
+        """
+        self.device, self.dtype, self.batch_size = state.device, state.dtype, state.shape[0]
+        for index, tensor in enumerate((state, log_scale)):
+            if tensor is not None:
+                self.recurrent_states[index] = tensor
+                self.is_recurrent_states_initialized[index] = True
+                self.has_previous_state[index] = True
+        self.tokens_seen += new_tokens
+        self.feature_version = feature_version
+
+    def get_seq_length(self) -> int:
+        return self.tokens_seen
+
+    def reset(self) -> None:
+        super().reset()
+        self.tokens_seen = 0
+        self.feature_version = None
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map_batch(lambda state: state.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._map_batch(lambda state: state[indices])
+
+    def _map_batch(self, fn) -> None:
+        for index, state in self.recurrent_states.items():
+            if state is not None:
+                self.recurrent_states[index] = fn(state)
+                self.batch_size = self.recurrent_states[index].shape[0]
+
+
+class KernelAttentionCache(Cache):
+    """A ``transformers.Cache`` of :class:`KernelStateLayer`: O(m·d) per layer, whatever the length.
+
+    ``get_seq_length()`` returns the positions seen (padding included), so position ids continue.
+    """
+
+    def __init__(self, config: Any = None) -> None:
+        num_layers = getattr(config, "num_hidden_layers", None)
+        if num_layers:
+            super().__init__(layers=[KernelStateLayer() for _ in range(num_layers)])
+        else:
+            super().__init__(layer_class_to_replicate=KernelStateLayer)
+
+    def state_layer(self, layer_idx: int) -> KernelStateLayer:
+        """The state of layer ``layer_idx`` (created on first use)."""
+        while len(self.layers) <= layer_idx:
+            self.layers.append(KernelStateLayer())
+        return self.layers[layer_idx]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        raise TypeError(
+            "KernelAttentionCache keeps a recurrent state, not keys and values: pass it to "
+            "KernelAttention(cache=...) instead of calling update()."
+        )
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.layers[layer_idx].tokens_seen if layer_idx < len(self.layers) else 0
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.get_seq_length(layer_idx) + query_length, 0
+
+
+def _rescale(
+    state: torch.Tensor | None,
+    state_log_scale: torch.Tensor | None,
+    phi_k: torch.Tensor,
+    key_log_scale: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """Bring the cached state and the new key features to one stabiliser, max of the two.
+
+    The online-softmax rescaling (Milakov & Gimelshein 2018) applied to FAVOR+'s shared key
+    stabiliser: exact, since both are scaled by a common factor. A -inf log-scale means "no real
+    key yet" and contributes zero.
+    """
+    if key_log_scale is None or state is None:
+        return state, phi_k, key_log_scale
+    log_scale = torch.maximum(state_log_scale, key_log_scale)
+    shift = torch.where(torch.isfinite(log_scale), log_scale, torch.zeros_like(log_scale))
+    return state * torch.exp(state_log_scale - shift), phi_k * torch.exp(key_log_scale - shift), log_scale
+
+
+def causal_linear_attention(
+    phi_q: torch.Tensor,
+    phi_k: torch.Tensor,
+    values: torch.Tensor,
+    chunk_size: int,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_{j≤i} (φ(q_i)·φ(k_j)) values_j for every i, and the final state S = Σ_j φ(k_j) values_jᵀ.
+
+    Chunked (Katharopoulos et al. 2020, eq. 8–9 in chunk form): a chunk × chunk lower-triangular
+    kernel matrix inside each chunk, plus the prefix sum of per-chunk states for the chunks before
+    it (and ``initial_state``, the cached past). The per-chunk states come from one batched
+    product; memory O(L·(m + d + chunk) + (L/chunk)·m·d), no L×L and no per-position state.
+    """
+    batch, heads, length, m = phi_q.shape
+    width = values.shape[-1]
+    chunk = min(chunk_size, length)
+    num_chunks = -(-length // chunk)
+    pad = num_chunks * chunk - length
+    if pad:
+        phi_q, phi_k, values = (F.pad(t, (0, 0, 0, pad)) for t in (phi_q, phi_k, values))
+    q = phi_q.view(batch, heads, num_chunks, chunk, m)
+    k = phi_k.view(batch, heads, num_chunks, chunk, m)
+    v = values.view(batch, heads, num_chunks, chunk, width)
+
+    within = (q @ k.transpose(-1, -2)).tril_() @ v
+    # Prefix sums of the chunk states, one (m × width) add per chunk: on CPU this beats
+    # cumsum(dim=2), whose kernel is slow along a non-innermost axis and whose backward flips.
+    state = initial_state if initial_state is not None else v.new_zeros(batch, heads, m, width)
+    earlier = []
+    for chunk_state in (k.transpose(-1, -2) @ v).unbind(dim=2):
+        earlier.append(state)
+        state = state + chunk_state
+    out = within + q @ torch.stack(earlier, dim=2)
+    return out.view(batch, heads, num_chunks * chunk, width)[:, :, :length], state
+
+
+def _positive_int(name: str, value: Any, fix: str, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        kind = "a positive integer or None" if allow_none else "a positive integer"
+        raise ValueError(f"{name} must be {kind}, got {value!r}; {fix}")
+    return value
+
+
+class KernelAttention(AttentionMechanism):
+    """softmax(QKᵀ/√d)V ≈ φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1), bidirectional or causal, with a recurrent cache.
+
+    Config fields (read with ``getattr``; defaults in brackets):
+
+    - ``kernel`` ["softmax"]: "softmax" (FAVOR+ positive random features, Performer),
+      "relu" (FAVOR+ generalised ReLU features), "elu" (elu + 1, Linear Transformer),
+      "hedgehog" (learnable softmax features, Hedgehog).
+    - ``num_random_features`` [256]: m for "softmax" and "relu".
+    - ``orthogonal_features`` [True]: orthogonal (True) or i.i.d. (False) random directions.
+    - ``feature_redraw_interval`` [None]: redraw the random features every N training forward
+      calls; None never redraws. Ignored by the deterministic kernels.
+    - ``causal_chunk_size`` [64]: chunk length of the causal form (exact at any value).
+    - ``hedgehog_feature_dim`` [None = head_dim]: Hedgehog's W maps head_dim → this; m = 2× it.
+
+    Padded keys leave both numerator and normaliser (zero φ(K) rows); padded queries give zero
+    context; all sums are float32 (float64 inputs stay float64).
+    """
+
+    supports_causal = True
+
+    def __init__(self, config: Any, layer_idx: int = 0) -> None:
+        super().__init__(config, layer_idx)
+        num_heads = _positive_int("num_attention_heads", config.num_attention_heads, "e.g. 12.")
+        hidden_size = _positive_int("hidden_size", config.hidden_size, "e.g. 768.")
+        if hidden_size % num_heads:
+            raise ValueError(
+                f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_heads}); "
+                "choose a head count that divides it."
+            )
+        head_dim = hidden_size // num_heads
+        kernel = getattr(config, "kernel", "softmax")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}; pick one of those names.")
+        num_random_features = _positive_int(
+            "num_random_features",
+            getattr(config, "num_random_features", 256),
+            "e.g. 256 (more features: closer to softmax, slower).",
+        )
+        orthogonal = getattr(config, "orthogonal_features", True)
+        if not isinstance(orthogonal, bool):
+            raise ValueError(f"orthogonal_features must be True or False, got {orthogonal!r}; use a bool.")
+        redraw_interval = _positive_int(
+            "feature_redraw_interval",
+            getattr(config, "feature_redraw_interval", None),
+            "use None to never redraw.",
+            allow_none=True,
+        )
+        self.causal_chunk_size = _positive_int(
+            "causal_chunk_size", getattr(config, "causal_chunk_size", 64), "e.g. 64 (the measured best on CPU)."
+        )
+        feature_dim = _positive_int(
+            "hedgehog_feature_dim",
+            getattr(config, "hedgehog_feature_dim", None),
+            "use None for head_dim.",
+            allow_none=True,
+        )
+        self.kernel = kernel
+        self.feature_map: FeatureMap
+        if kernel in ("softmax", "relu"):
+            random_map = FavorSoftmaxFeatures if kernel == "softmax" else FavorReluFeatures
+            self.feature_map = random_map(head_dim, num_random_features, orthogonal, redraw_interval)
+        elif kernel == "elu":
+            self.feature_map = EluFeatures(head_dim)
+        else:
+            self.feature_map = HedgehogFeatures(num_heads, head_dim, feature_dim or head_dim)
+
+    @classmethod
+    def new_cache(cls, config: Any) -> KernelAttentionCache:
+        return KernelAttentionCache(config)
+
+    def reset_parameters(self) -> None:
+        """Initialise the feature map's parameters/buffers not loaded from a checkpoint."""
+        self.feature_map.reset_parameters()
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        padding_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: Any = None,
+    ) -> torch.Tensor:
+        layer = None
+        if cache is not None:
+            if not isinstance(cache, KernelAttentionCache):
+                raise TypeError(
+                    f"KernelAttention needs a KernelAttentionCache, got {type(cache).__name__}; "
+                    "create it with KernelAttention.new_cache(config)."
+                )
+            layer = cache.state_layer(self.layer_idx)
+        elif self.training:
+            self.feature_map.count_training_call()  # never while a cache holds states of these features
+        past = layer.tokens_seen if layer is not None else 0
+        if padding_mask is not None and padding_mask.shape[-1] != past + k.shape[-2]:
+            raise ValueError(
+                f"padding_mask has length {padding_mask.shape[-1]} but there are {past} cached and "
+                f"{k.shape[-2]} new positions; pass a (batch, {past + k.shape[-2]}) mask covering both."
+            )
+        new_mask = query_padding_mask(padding_mask, k.shape[-2])
+
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            phi_q = self.feature_map(q, is_query=True)
+            phi_k, key_log_scale = self.feature_map.keys_with_log_scale(k, new_mask)
+            v = upcast(v)
+            values = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # [v, 1]: numerator and normaliser
+            if new_mask is not None:
+                real = new_mask[:, None, :, None]
+                phi_k = phi_k.masked_fill(~real, 0.0)
+                values = values.masked_fill(~real, 0.0)
+
+            state = state_log_scale = None
+            if layer is not None:
+                state, state_log_scale = layer.read(self.feature_map.version)
+            state, phi_k, log_scale = _rescale(state, state_log_scale, phi_k, key_log_scale)
+
+            if causal:
+                out, new_state = causal_linear_attention(phi_q, phi_k, values, self.causal_chunk_size, state)
+            else:
+                new_state = phi_k.transpose(-1, -2) @ values
+                if state is not None:
+                    new_state = new_state + state
+                out = phi_q @ new_state
+            if layer is not None:
+                layer.write(new_state, log_scale, k.shape[-2], self.feature_map.version)
+
+            normaliser = out[..., -1:].clamp_min(torch.finfo(out.dtype).tiny)
+            context = out[..., :-1] / normaliser
+        return zero_padded_queries(context.to(q.dtype), padding_mask)

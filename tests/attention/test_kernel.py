@@ -1,0 +1,338 @@
+"""Kernel attention (Performer FAVOR+, Linear Transformer, Hedgehog) against dense references.
+
+Every kernel equals the explicit kernel matrix φ(Q)φ(K)ᵀ, masked and row-normalised; FAVOR+
+converges to exact softmax attention as the number of random features grows; the chunked
+causal form equals step-by-step decoding through the recurrent cache.
+"""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+from transformers import DynamicCache
+
+from effzoo.attention.feature_maps import FavorSoftmaxFeatures
+from effzoo.attention.kernel import KernelAttention, KernelAttentionCache
+from effzoo.attention.reference import dense_reference_attention, padding_and_causal_pattern
+
+KERNELS = ["softmax", "relu", "elu", "hedgehog"]
+HEADS, HEAD_DIM = 2, 8
+
+
+def make(kernel: str = "softmax", **fields) -> KernelAttention:
+    config = SimpleNamespace(
+        num_attention_heads=fields.pop("num_attention_heads", HEADS),
+        hidden_size=fields.pop("hidden_size", HEADS * HEAD_DIM),
+        attention_probs_dropout_prob=0.0,
+        kernel=kernel,
+        num_random_features=fields.pop("num_random_features", 32),
+        **fields,
+    )
+    mechanism = KernelAttention(config).eval()
+    if kernel == "hedgehog":  # move W away from its identity init so the test means something
+        with torch.no_grad():
+            mechanism.feature_map.weight.add_(torch.randn_like(mechanism.feature_map.weight) * 0.3)
+            mechanism.feature_map.bias.add_(torch.randn_like(mechanism.feature_map.bias) * 0.3)
+    return mechanism
+
+
+def qkv(batch: int = 3, length: int = 10, scale: float = 0.7, seed: int = 0, dim: int = HEAD_DIM, heads: int = HEADS):
+    generator = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, heads, length, dim, generator=generator) for _ in range(3))
+    return q * scale, k * scale, v
+
+
+def padding(batch: int, length: int, side: str | None) -> torch.Tensor | None:
+    """Rows with length, length-3, length-6, ... real tokens, padded on ``side``."""
+    if side is None:
+        return None
+    mask = torch.zeros(batch, length, dtype=torch.bool)
+    for row in range(batch):
+        real = max(length - 3 * row, 1)
+        mask[row, :real] = True
+    return mask if side == "right" else mask.flip(-1)
+
+
+def kernel_reference(mechanism: KernelAttention, q, k, v, padding_mask, causal: bool) -> torch.Tensor:
+    """The slow, obvious form: the L×L kernel matrix φ(Q)φ(K)ᵀ in float64, masked and normalised."""
+    feature_map = mechanism.feature_map
+    phi_q = feature_map(q.double(), is_query=True)
+    phi_k, _ = feature_map.keys_with_log_scale(k.double(), padding_mask)
+    allowed = padding_and_causal_pattern(padding_mask, q.shape[-2], k.shape[-2], causal)
+    scores = (phi_q @ phi_k.transpose(-1, -2)) * allowed
+    weights = (scores / scores.sum(-1, keepdim=True)).nan_to_num(0.0)
+    return (weights @ v.double()).float()
+
+
+def decode(mechanism: KernelAttention, q, k, v, padding_mask, prefill: int = 0) -> torch.Tensor:
+    """Causal attention through the cache: a prefill of ``prefill`` tokens, then one token a step."""
+    cache = KernelAttention.new_cache(SimpleNamespace(num_hidden_layers=1))
+    outputs, start = [], 0
+    for stop in ([prefill] if prefill else []) + list(range(prefill + 1, q.shape[-2] + 1)):
+        mask = None if padding_mask is None else padding_mask[:, :stop]
+        step = slice(start, stop)
+        outputs.append(
+            mechanism(q[:, :, step], k[:, :, step], v[:, :, step], padding_mask=mask, causal=True, cache=cache)
+        )
+        assert cache.get_seq_length() == stop
+        start = stop
+    return torch.cat(outputs, dim=2)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("side", [None, "right", "left"])
+def test_equals_explicit_kernel_matrix(kernel: str, causal: bool, side: str | None) -> None:
+    mechanism = make(kernel, causal_chunk_size=4)  # 4 does not divide the length 10
+    q, k, v = qkv()
+    mask = padding(3, 10, side)
+    out = mechanism(q, k, v, padding_mask=mask, causal=causal)
+    torch.testing.assert_close(out, kernel_reference(mechanism, q, k, v, mask, causal), atol=1e-5, rtol=1e-5)
+    if mask is not None:
+        assert out.masked_select(~mask[:, None, :, None]).abs().max() == 0
+
+
+def favor_error(num_features: int, orthogonal: bool, seeds: range, scale: float = 0.5) -> float:
+    """Mean |FAVOR+ − exact softmax attention| over seeds of the random features."""
+    q, k, v = qkv(batch=1, length=32, scale=scale, seed=1234, dim=16, heads=4)
+    exact = dense_reference_attention(q, k, v)
+    config = SimpleNamespace(
+        num_attention_heads=4,
+        hidden_size=64,
+        attention_probs_dropout_prob=0.0,
+        kernel="softmax",
+        num_random_features=num_features,
+        orthogonal_features=orthogonal,
+    )
+    mechanism = KernelAttention(config).eval()
+    errors = []
+    for seed in seeds:
+        mechanism.feature_map.redraw(torch.Generator().manual_seed(seed))
+        errors.append((mechanism(q, k, v) - exact).abs().mean().item())
+    return sum(errors) / len(errors)
+
+
+def test_favor_converges_to_softmax_attention() -> None:
+    errors = {m: favor_error(m, orthogonal=True, seeds=range(6)) for m in (16, 64, 256, 1024, 4096)}
+    assert errors[4096] < errors[64] / 4, errors  # Monte Carlo: error ~ 1/√m, 8× in theory
+    assert errors[4096] < errors[1024] < errors[256] < errors[64] < errors[16], errors
+    assert errors[4096] < 0.01, errors
+
+
+def test_orthogonal_features_beat_iid() -> None:
+    orthogonal = favor_error(64, orthogonal=True, seeds=range(16))
+    iid = favor_error(64, orthogonal=False, seeds=range(16))
+    assert orthogonal < 0.9 * iid, (orthogonal, iid)  # measured ratio ≈ 0.81
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("side", [None, "left"])
+@pytest.mark.parametrize("chunk", [3, 64])
+def test_causal_chunks_equal_reference_and_decoding(kernel: str, side: str | None, chunk: int) -> None:
+    mechanism = make(kernel, causal_chunk_size=chunk)
+    q, k, v = qkv(length=11)
+    k[:, :, 7] *= 3.0  # keys of other norms move FAVOR+'s key stabiliser: the cached state is rescaled
+    mask = padding(3, 11, side)
+    parallel = mechanism(q, k, v, padding_mask=mask, causal=True)
+    torch.testing.assert_close(parallel, kernel_reference(mechanism, q, k, v, mask, True), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(decode(mechanism, q, k, v, mask), parallel, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(decode(mechanism, q, k, v, mask, prefill=5), parallel, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_after_fully_padded_prefill() -> None:
+    """A row that is all padding in the prefill (long left padding) starts from a zero state."""
+    mechanism = make("softmax")
+    q, k, v = qkv(batch=2, length=8)
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[1, :5] = False
+    out = decode(mechanism, q, k, v, mask, prefill=4)
+    torch.testing.assert_close(out, mechanism(q, k, v, padding_mask=mask, causal=True), atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padding_invariance(kernel: str, causal: bool, side: str) -> None:
+    """A sequence alone equals the same sequence padded inside a batch with a longer one."""
+    mechanism = make(kernel, causal_chunk_size=4)
+    q, k, v = qkv(batch=1, length=6)
+    alone = mechanism(q, k, v, causal=causal)
+    pad = 3
+    garbage = torch.full((1, HEADS, pad, HEAD_DIM), 30.0)  # large values in the padding must not matter
+    other = qkv(batch=1, length=6 + pad, seed=1)
+    inputs = []
+    for own, longer in zip((q, k, v), other):
+        padded = torch.cat([own, garbage], 2) if side == "right" else torch.cat([garbage, own], 2)
+        inputs.append(torch.cat([padded, longer]).requires_grad_())
+    mask = torch.ones(2, 6 + pad, dtype=torch.bool)
+    mask[0, slice(6, None) if side == "right" else slice(0, pad)] = False
+    batched = mechanism(*inputs, padding_mask=mask, causal=causal)
+    real = batched[:1, :, :6] if side == "right" else batched[:1, :, pad:]
+    torch.testing.assert_close(real, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched[1:], mechanism(*other, causal=causal), atol=1e-5, rtol=1e-5)
+    batched.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in inputs)
+
+
+def test_fully_padded_rows_are_zero_not_nan() -> None:
+    for kernel in KERNELS:
+        mechanism = make(kernel)
+        q, k, v = qkv(batch=2, length=5)
+        mask = torch.zeros(2, 5, dtype=torch.bool)
+        mask[0] = True
+        for causal in (False, True):
+            out = mechanism(q, k, v, padding_mask=mask, causal=causal)
+            assert torch.isfinite(out).all() and out[1].abs().max() == 0
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "hedgehog"])
+def test_state_dict_round_trip_and_deterministic_eval(kernel: str) -> None:
+    mechanism = make(kernel)
+    q, k, v = qkv()
+    out = mechanism(q, k, v)
+    torch.testing.assert_close(mechanism(q, k, v), out, atol=0, rtol=0)
+    buffer = io.BytesIO()
+    torch.save(mechanism.state_dict(), buffer)
+    torch.manual_seed(123)
+    fresh = make(kernel)
+    assert not torch.equal(fresh(q, k, v), out)
+    fresh.load_state_dict(torch.load(io.BytesIO(buffer.getvalue())))
+    torch.testing.assert_close(fresh(q, k, v), out, atol=0, rtol=0)
+    if kernel == "softmax":
+        assert "feature_map.projection" in mechanism.state_dict()
+
+
+def test_redraw_only_in_training_and_on_schedule() -> None:
+    mechanism = make("softmax", feature_redraw_interval=3)
+    q, k, v = qkv()
+    projections = []
+    for _ in range(4):  # evaluation never redraws
+        mechanism(q, k, v)
+        projections.append(mechanism.feature_map.projection.clone())
+    assert all(torch.equal(p, projections[0]) for p in projections)
+    mechanism.train()
+    seen = []
+    for _ in range(7):
+        mechanism(q, k, v)
+        seen.append(mechanism.feature_map.projection.clone())
+    changes = [i for i in range(1, 7) if not torch.equal(seen[i], seen[i - 1])]
+    assert changes == [3, 6]  # each projection serves exactly 3 training calls
+    assert torch.equal(seen[0], projections[0])
+
+    # A redraw while a cache holds states made with the old features is an error, not silence.
+    mechanism.eval()
+    cache = KernelAttention.new_cache(SimpleNamespace(num_hidden_layers=1))
+    mechanism(q[:, :, :4], k[:, :, :4], v[:, :, :4], causal=True, cache=cache)
+    mechanism.feature_map.redraw()
+    with pytest.raises(RuntimeError, match="redrawn"):
+        mechanism(q[:, :, 4:5], k[:, :, 4:5], v[:, :, 4:5], causal=True, cache=cache)
+
+
+def test_redraw_from_generator_is_reproducible() -> None:
+    first, second = FavorSoftmaxFeatures(8, 20), FavorSoftmaxFeatures(8, 20)
+    first.redraw(torch.Generator().manual_seed(5))
+    second.redraw(torch.Generator().manual_seed(5))
+    assert torch.equal(first.projection, second.projection)
+    rows = first.projection.view(-1, 8)[:8]  # one orthogonal block: rows orthogonal
+    gram = rows @ rows.T
+    torch.testing.assert_close(gram - torch.diag(gram.diagonal()), torch.zeros(8, 8), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_bf16_autocast_long_sequence_with_bert_norms(kernel: str) -> None:
+    """L = 8192, head_dim 32, q/k entries N(0, 1) (norms ≈ 5.7) and some rows of norm 20."""
+    length, dim = 8192, 32
+    config = SimpleNamespace(
+        num_attention_heads=1,
+        hidden_size=dim,
+        attention_probs_dropout_prob=0.0,
+        kernel=kernel,
+        num_random_features=64,
+        causal_chunk_size=64,
+    )
+    mechanism = KernelAttention(config)
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, length, dim, generator=generator) for _ in range(3))
+    for t in (q, k):
+        rows = torch.randint(0, length, (64,), generator=generator)
+        t[:, :, rows] *= 20.0 / t[:, :, rows].norm(dim=-1, keepdim=True)
+    mask = torch.ones(1, length, dtype=torch.bool)
+    mask[:, :100] = False
+    for causal in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = mechanism(q.bfloat16(), k.bfloat16(), v.bfloat16(), padding_mask=mask, causal=causal)
+        assert out.dtype == torch.bfloat16
+        assert torch.isfinite(out).all()
+        assert out[:, :, 100:].abs().amax() > 0  # outputs are convex combinations of values: |out| ≤ max |v|
+        assert out.float().abs().amax() <= v.abs().amax() * 1.01
+
+
+def largest_allocation(fn) -> int:
+    """Bytes of the largest single allocation seen by the profiler while ``fn`` runs."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return max(event.self_cpu_memory_usage for event in prof.events())
+
+
+def test_never_allocates_length_squared() -> None:
+    length = 8192
+    assert largest_allocation(lambda: torch.zeros(1024, 1024)) >= 1024 * 1024 * 4  # the probe sees allocations
+    mechanism = KernelAttention(
+        SimpleNamespace(
+            num_attention_heads=1,
+            hidden_size=8,
+            attention_probs_dropout_prob=0.0,
+            kernel="softmax",
+            num_random_features=16,
+            causal_chunk_size=64,
+        )
+    )
+    q, k, v = (torch.randn(1, 1, length, 8, requires_grad=True) for _ in range(3))
+    for causal in (False, True):
+        peak = largest_allocation(lambda causal=causal: mechanism(q, k, v, causal=causal).sum().backward())
+        assert peak < length * length * 4 / 64, peak  # an L×L float32 tensor would be 268 MB; chunks are 2 MB
+
+
+def test_cache_interface() -> None:
+    config = SimpleNamespace(
+        num_hidden_layers=2, num_attention_heads=HEADS, hidden_size=HEADS * HEAD_DIM, attention_probs_dropout_prob=0.0
+    )
+    cache = KernelAttention.new_cache(config)
+    assert isinstance(cache, KernelAttentionCache) and len(cache.layers) == 2 and cache.get_seq_length() == 0
+    mechanism = make("elu")
+    q, k, v = qkv(batch=2, length=6)
+    mechanism(q, k, v, causal=True, cache=cache)
+    assert cache.get_seq_length() == 6 and cache.get_mask_sizes(1, 0) == (7, 0)
+    state = cache.layers[0].recurrent_states[0]
+    assert state.shape == (2, HEADS, HEAD_DIM, HEAD_DIM + 1) and state.dtype == torch.float32
+    cache.batch_select_indices(torch.tensor([1]))
+    assert cache.layers[0].recurrent_states[0].shape[0] == 1 and cache.batch_size == 1
+    cache.reset()
+    assert cache.get_seq_length() == 0
+    with pytest.raises(TypeError, match="KernelAttentionCache"):
+        mechanism(q, k, v, causal=True, cache=DynamicCache())
+    with pytest.raises(ValueError, match="padding_mask"):
+        mechanism(q, k, v, padding_mask=torch.ones(2, 5, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("kernel", "gaussian"),
+        ("num_random_features", 0),
+        ("num_random_features", 1.5),
+        ("orthogonal_features", "yes"),
+        ("feature_redraw_interval", 0),
+        ("causal_chunk_size", -1),
+        ("hedgehog_feature_dim", True),
+        ("hidden_size", 15),
+    ],
+)
+def test_bad_config_values(field: str, value) -> None:
+    with pytest.raises(ValueError, match=field):
+        make(**{field: value})
