@@ -13,10 +13,15 @@ from types import ModuleType
 import transformers
 
 from .configs.base import EffzooConfig
+from .modeling import axial as axial_modeling
+from .modeling import bigbird as bigbird_modeling
 from .modeling import full as full_modeling
 from .modeling import hedgehog as hedgehog_modeling
 from .modeling import linear as linear_modeling
+from .modeling import local as local_modeling
+from .modeling import longformer as longformer_modeling
 from .modeling import performer as performer_modeling
+from .modeling import sparse as sparse_modeling
 from .modeling.backbone import EffzooModel
 from .modeling.heads import (
     EffzooForCausalLM,
@@ -80,6 +85,11 @@ VARIANTS: dict[str, Variant] = {
         Variant("performer", performer_modeling, "FAVOR+ positive random features estimating softmax (or ReLU)"),
         Variant("linear", linear_modeling, "elu(x)+1 kernel attention, deterministic, no new parameters"),
         Variant("hedgehog", hedgehog_modeling, "a learnable feature map trained to mimic softmax attention"),
+        Variant("local", local_modeling, "blocked local attention: each block sees its neighbour blocks"),
+        Variant("longformer", longformer_modeling, "sliding window (optionally dilated) plus global tokens"),
+        Variant("bigbird", bigbird_modeling, "window, global and random blocks (bidirectional)"),
+        Variant("sparse", sparse_modeling, "Sparse Transformer's strided or fixed factorized patterns"),
+        Variant("axial", axial_modeling, "attention along the rows and the columns of a 2-D grid"),
     ]
 }
 
@@ -98,12 +108,13 @@ def variant_of_config(config: EffzooConfig) -> Variant:
 
 
 def register_all() -> None:
-    """Register every variant's config and model classes with Transformers' Auto classes."""
+    """Register every variant's config and model classes with Transformers' Auto classes.
+
+    Registration is by class, so ``LongformerConfig`` here never resolves to Transformers' own
+    class of the same name (whose lookups go by name).
+    """
     for variant in VARIANTS.values():
         config_class = variant.config_class
-        if config_class.model_type not in transformers.CONFIG_MAPPING:
-            transformers.AutoConfig.register(config_class.model_type, config_class)
+        transformers.AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         for auto_name, model_class in variant.model_classes.items():
-            auto_class = getattr(transformers, auto_name)
-            if config_class not in auto_class._model_mapping:
-                auto_class.register(config_class, model_class)
+            getattr(transformers, auto_name).register(config_class, model_class, exist_ok=True)

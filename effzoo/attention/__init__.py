@@ -1,15 +1,28 @@
 """Attention mechanisms: pure PyTorch modules behind one contract (see :mod:`.base`)."""
 
+from .axial import AxialAttention
 from .base import AttentionMechanism
+from .blocksparse import BlockSparseAttention, SinkSlidingWindowLayer
 from .full import FullAttention
 from .kernel import KernelAttention, KernelAttentionCache
+from .local import LocalAttention
+from .random_blocks import RandomBlocksAttention
 from .reference import dense_reference_attention, padding_and_causal_pattern
+from .sliding_window import SlidingWindowAttention
+from .strided import StridedAttention
 
 __all__ = [
     "AttentionMechanism",
+    "AxialAttention",
+    "BlockSparseAttention",
     "FullAttention",
     "KernelAttention",
     "KernelAttentionCache",
+    "LocalAttention",
+    "RandomBlocksAttention",
+    "SinkSlidingWindowLayer",
+    "SlidingWindowAttention",
+    "StridedAttention",
     "dense_reference_attention",
     "padding_and_causal_pattern",
 ]

@@ -28,11 +28,17 @@ class AttentionMechanism(nn.Module):
 
     #: Whether ``forward(..., causal=True)`` is implemented (decides if ``ForCausalLM`` exists).
     supports_causal: bool = False
+    #: How conversion from BERT initialises the mechanism's own parameters (shown in the report).
+    conversion_init: str = "the mechanism's own initialisation"
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.dropout = config.attention_probs_dropout_prob
+
+    def init_from_projections(self, query: nn.Linear, key: nn.Linear, value: nn.Linear) -> None:
+        """Called by conversion once the BERT weights are in: a mechanism whose own parameters have
+        a natural start in the layer's projections (Longformer's global ones) copies them here."""
 
     @classmethod
     def new_cache(cls, config: Any) -> Any:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, LinearAttentionLayer
 
 from .base import AttentionMechanism
+from .checks import positive_int
 from .feature_maps import (
     EluFeatures,
     FavorReluFeatures,
@@ -191,15 +192,6 @@ def causal_linear_attention(
     return out.view(batch, heads, num_chunks * chunk, width)[:, :, :length], state
 
 
-def _positive_int(name: str, value: Any, fix: str, allow_none: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        kind = "a positive integer or None" if allow_none else "a positive integer"
-        raise ValueError(f"{name} must be {kind}, got {value!r}; {fix}")
-    return value
-
-
 class KernelAttention(AttentionMechanism):
     """softmax(QKᵀ/√d)V ≈ φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1), bidirectional or causal, with a recurrent cache.
 
@@ -220,11 +212,12 @@ class KernelAttention(AttentionMechanism):
     """
 
     supports_causal = True
+    conversion_init = "FAVOR+: a fresh random projection (a buffer); Hedgehog: the identity feature map (W = I, b = 0)"
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__(config, layer_idx)
-        num_heads = _positive_int("num_attention_heads", config.num_attention_heads, "e.g. 12.")
-        hidden_size = _positive_int("hidden_size", config.hidden_size, "e.g. 768.")
+        num_heads = positive_int("num_attention_heads", config.num_attention_heads, "e.g. 12.")
+        hidden_size = positive_int("hidden_size", config.hidden_size, "e.g. 768.")
         if hidden_size % num_heads:
             raise ValueError(
                 f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_heads}); "
@@ -234,7 +227,7 @@ class KernelAttention(AttentionMechanism):
         kernel = getattr(config, "kernel", "softmax")
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}; pick one of those names.")
-        num_random_features = _positive_int(
+        num_random_features = positive_int(
             "num_random_features",
             getattr(config, "num_random_features", 256),
             "e.g. 256 (more features: closer to softmax, slower).",
@@ -242,16 +235,16 @@ class KernelAttention(AttentionMechanism):
         orthogonal = getattr(config, "orthogonal_features", True)
         if not isinstance(orthogonal, bool):
             raise ValueError(f"orthogonal_features must be True or False, got {orthogonal!r}; use a bool.")
-        redraw_interval = _positive_int(
+        redraw_interval = positive_int(
             "feature_redraw_interval",
             getattr(config, "feature_redraw_interval", None),
             "use None to never redraw.",
             allow_none=True,
         )
-        self.causal_chunk_size = _positive_int(
+        self.causal_chunk_size = positive_int(
             "causal_chunk_size", getattr(config, "causal_chunk_size", 64), "e.g. 64 (the measured best on CPU)."
         )
-        feature_dim = _positive_int(
+        feature_dim = positive_int(
             "hedgehog_feature_dim",
             getattr(config, "hedgehog_feature_dim", None),
             "use None for head_dim.",

@@ -87,3 +87,18 @@ class EffzooConfig(PreTrainedConfig):
     def head_dim(self) -> int:
         """Size of one attention head: hidden_size / num_attention_heads."""
         return self.hidden_size // self.num_attention_heads
+
+
+class BlockSparseConfig(EffzooConfig):
+    """Shared fields of the fixed sparse patterns (local, longformer, bigbird, sparse, axial).
+
+    ``global_special_tokens``: the first and last real token of each sequence attend and are
+    attended globally (in causal mode only the first, as an attention sink) — converted BERTs
+    lean on [CLS] and [SEP]. ``dense_attention_below``: shorter inputs run one dense SDPA with the
+    pattern as a mask, which is faster there (0: always the block-sparse path).
+    """
+
+    model_type = "effzoo-blocksparse"
+
+    global_special_tokens: bool = True
+    dense_attention_below: int = 1024

@@ -41,6 +41,9 @@ HEAD_OF_ARCHITECTURE = {
 }
 
 
+_RANDOM_INIT = "random, normal(0, initializer_range) as in BERT (train before use)"
+
+
 @dataclass
 class ConversionReport:
     """What a conversion did; ``str(report)`` is the text ``effzoo convert`` prints."""
@@ -123,6 +126,9 @@ def convert(
         weights[POSITION_KEY] = resize_positions(weights[POSITION_KEY], offset, positions)
     prefix = f"{model.base_model_prefix}." if model.base_model is not model else ""
     report = _load(model, with_backbone_prefix(weights, prefix))
+    for layer in model.base_model.encoder.layer:
+        attention = layer.attention.self
+        attention.mechanism.init_from_projections(attention.query, attention.key, attention.value)
     dtype = weights["embeddings.word_embeddings.weight"].dtype
     model.to(dtype)
     steps.update()
@@ -197,7 +203,9 @@ def _load(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str,
             )
     result = model.load_state_dict(weights, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or {})
-    new = {key: _initialisation(key) for key in result.missing_keys if key not in tied}
+    mechanism_init = model.base_model.mechanism_class.conversion_init
+    new = {key: mechanism_init if ".mechanism." in key else _RANDOM_INIT for key in result.missing_keys
+           if key not in tied}
     carried = [key for key in weights if key in expected]
     return {
         "tensors_carried": len(carried),
@@ -205,12 +213,6 @@ def _load(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str,
         "new_parameters": new,
         "dropped": sorted(result.unexpected_keys),
     }
-
-
-def _initialisation(key: str) -> str:
-    if ".mechanism." in key:
-        return "the mechanism's own initialisation"
-    return "random, normal(0, initializer_range) as in BERT (train before use)"
 
 
 def _copy_tokenizer(source_dir: Path, target_dir: Path, positions: int) -> str:

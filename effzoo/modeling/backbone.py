@@ -62,6 +62,7 @@ class EffzooSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.mechanism = mechanism_class(config, layer_idx=layer_idx)
+        self._passes_hidden_states = "hidden_states" in _keyword_inputs(mechanism_class)
 
     def forward(
         self,
@@ -76,6 +77,8 @@ class EffzooSelfAttention(nn.Module):
         q = self.query(hidden_states).view(heads_shape).transpose(1, 2)
         k = self.key(hidden_states).view(heads_shape).transpose(1, 2)
         v = self.value(hidden_states).view(heads_shape).transpose(1, 2)
+        if self._passes_hidden_states:  # for projections of its own (Longformer's global ones)
+            mechanism_inputs["hidden_states"] = hidden_states
         context = self.mechanism(
             q, k, v, padding_mask=padding_mask, causal=causal, cache=cache, **mechanism_inputs
         )
@@ -282,7 +285,7 @@ class EffzooModel(EffzooPreTrainedModel):
         self.embeddings = EffzooEmbeddings(config)
         self.encoder = EffzooEncoder(config, self.mechanism_class)
         self.pooler = EffzooPooler(config) if add_pooling_layer else None
-        self._mechanism_input_names = _keyword_inputs(self.mechanism_class)
+        self._mechanism_input_names = _keyword_inputs(self.mechanism_class) - BACKBONE_SUPPLIED_INPUTS
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -362,6 +365,10 @@ class EffzooModel(EffzooPreTrainedModel):
                 f"{type(self).__name__}.forward() got unexpected keyword argument(s) {unknown}; "
                 f"the {self.config.model_type} attention accepts these extra inputs: {accepted}."
             )
+
+
+#: Mechanism inputs the backbone fills in itself, never the user.
+BACKBONE_SUPPLIED_INPUTS = {"hidden_states"}
 
 
 def _keyword_inputs(mechanism_class: type[AttentionMechanism]) -> set[str]:

@@ -102,6 +102,8 @@ class EffzooForCausalLM(_LanguageModelHead, GenerationMixin):
     """
 
     def __init__(self, config: EffzooConfig) -> None:
+        if not self.mechanism_class.supports_causal:
+            raise TypeError(f"{self.mechanism_class.__name__} cannot be causal, so it has no causal LM head.")
         config.is_decoder = True  # a causal LM is a decoder: every layer masks the future
         super().__init__(config)
 

@@ -1,0 +1,94 @@
+"""Axial attention over a 1-D sequence (Ho et al. 2019, §3).
+
+The sequence is laid out row by row on a grid of ``axial_shape`` = (rows, columns) cells (padded
+to fit). The first half of the heads attend along their row, {j : ⌊j/C⌋ = ⌊i/C⌋}, the others
+along their column, {j : j ≡ i mod C}, with C the number of columns: half the heads each, so a
+BERT checkpoint's projections still fit. Causal (j ≤ i) or bidirectional. Memory is
+O(L · (rows + columns)).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .blocksparse import (
+    BlockSparseAttention,
+    HeadGroup,
+    KeyBlocks,
+    Part,
+    residue_order,
+    round_up,
+)
+from .checks import positive_int
+
+
+def default_axial_shape(max_positions: int) -> tuple[int, int]:
+    """A grid of at least ``max_positions`` cells, columns a power of two near √max_positions."""
+    columns = 2 ** math.ceil(math.log2(math.sqrt(max_positions)))
+    return math.ceil(max_positions / columns), columns
+
+
+class AxialAttention(BlockSparseAttention):
+    """Half the heads along the rows of an ``axial_shape`` grid, half along its columns.
+
+    Config fields: ``axial_shape`` ((rows, columns); default :func:`default_axial_shape` of
+    ``max_position_embeddings``, 512 if absent), plus the engine's ``global_special_tokens`` and
+    ``dense_attention_below``. Extra forward input: ``global_attention_mask``. Needs two heads or
+    more. Decoding keeps every token (a column reaches back to the start).
+    """
+
+    supports_causal = True
+
+    def __init__(self, config: Any, layer_idx: int = 0) -> None:
+        super().__init__(config, layer_idx)
+        shape = getattr(config, "axial_shape", None)
+        if shape is None:
+            shape = default_axial_shape(getattr(config, "max_position_embeddings", 512))
+        if not isinstance(shape, (list, tuple)) or len(shape) != 2:
+            raise ValueError(
+                f"axial_shape must be a pair (rows, columns), got {shape!r}; e.g. (32, 64) for 2,048 tokens."
+            )
+        fix = "Give a pair of positive ints (rows, columns) whose product covers the longest input."
+        self.rows, self.columns = (positive_int("axial_shape", size, fix) for size in shape)
+        heads = getattr(config, "num_attention_heads", 2)
+        if heads < 2:
+            raise ValueError(
+                "axial attention gives half the heads to rows and half to columns, but num_attention_heads is "
+                f"{heads}; use two heads or more."
+            )
+
+    def padded_length(self, length: int) -> int:
+        if length > self.rows * self.columns:
+            raise ValueError(
+                f"axial_shape {(self.rows, self.columns)} holds {self.rows * self.columns} tokens but the input has "
+                f"{length}: choose an axial_shape whose product is at least {length}, e.g. "
+                f"{(math.ceil(length / self.columns), self.columns)}."
+            )
+        return round_up(length, self.columns)
+
+    def head_groups(
+        self, padded_length: int, lengths: torch.Tensor, causal: bool, num_heads: int
+    ) -> list[HeadGroup]:
+        device = lengths.device
+        rows_used = padded_length // self.columns
+        row = KeyBlocks.neighbours(rows_used, 0, 0, self.columns, allowed=self.same_row, device=device)
+        order = residue_order(padded_length, self.columns, device)  # columns become contiguous
+        column = KeyBlocks.neighbours(self.columns, 0, 0, rows_used, order, self.same_column, device)
+        half = (num_heads + 1) // 2
+        return [
+            HeadGroup(slice(0, half), (Part(self.columns, (row,)),)),
+            HeadGroup(slice(half, num_heads), (Part(rows_used, (column,), order),)),
+        ]
+
+    def same_row(self, query_position: torch.Tensor, key_position: torch.Tensor) -> torch.Tensor:
+        """⌊j/C⌋ = ⌊i/C⌋."""
+        return torch.div(query_position, self.columns, rounding_mode="floor") == torch.div(
+            key_position, self.columns, rounding_mode="floor"
+        )
+
+    def same_column(self, query_position: torch.Tensor, key_position: torch.Tensor) -> torch.Tensor:
+        """j ≡ i mod C."""
+        return (query_position - key_position) % self.columns == 0

@@ -1,0 +1,744 @@
+"""Block-sparse attention: the one engine behind every sparse pattern of the zoo.
+
+A pattern is a *block layout*. The sequence, padded to a block multiple, is cut into query
+blocks; each query block attends a list of key blocks (neighbours, strided, random), possibly
+cut in another order of the positions (a residue order makes dilated windows, strides and grid
+columns contiguous); a predicate on positions trims the edges (exact window, dilation), and the
+engine adds causality and padding. Queries and gathered keys go to
+``scaled_dot_product_attention`` block by block, so memory is O(L · keys per query) and no L×L
+tensor is built (below a crossover length one dense SDPA with the pattern as a boolean mask is
+faster, and used instead).
+
+Global tokens are handled densely in O(g·L) (Longformer, Beltagy et al. 2020, §3.1; BigBird's
+ITC, Zaheer et al. 2020, §2): every query sees the global keys, appended to its block's keys and
+removed from the blocks so that none counts twice, and global queries see every key (one SDPA on
+the g global rows, with the mechanism's own projections if it has them). Special tokens (the
+first and last real token, only the first as a sink when causal) are global by default.
+
+Positions are those of the real tokens: a padded batch is reordered real tokens first, so left,
+right and middle padding give the same outputs as the sequence alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import Cache, DynamicCache, DynamicSlidingWindowLayer
+
+from .base import AttentionMechanism
+from .checks import non_negative_int
+from .masking import gather_positions, real_tokens_first_order, scatter_positions
+
+#: Padded lengths below this use one dense SDPA with the pattern as a mask: on CPU (torch 2.13,
+#: 12 heads of 64, forward + backward) a ±256 window or BigBird is faster dense at 512 tokens,
+#: even at 1,024 and faster in blocks from 2,048 on. Config field ``dense_attention_below``
+#: overrides it (0: always block-sparse).
+DENSE_ATTENTION_BELOW = 1024
+
+#: ``allowed(query_position, key_position) -> bool``, broadcasting, on real-token positions.
+Predicate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# Layout
+# --------------------------------------------------------------------------------------------
+
+
+class _Reorder(torch.autograd.Function):
+    """``x.index_select(2, order)`` for a permutation ``order``; its backward is a gather too."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(order)
+        return x.index_select(2, order)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (order,) = ctx.saved_tensors
+        return grad.index_select(2, torch.argsort(order)), None
+
+
+def reorder(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """(..., L, dim) with its positions taken in ``order`` (a permutation; None: as is)."""
+    return x if order is None else _Reorder.apply(x, order)
+
+
+def restore(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """The inverse of :func:`reorder`."""
+    return x if order is None else _Reorder.apply(x, torch.argsort(order))
+
+
+class _ShiftedBlocks(torch.autograd.Function):
+    """Block b's keys: blocks b + offset for each offset (zeros outside), then ``tail`` keys shared
+    by every block. One copy forward and one accumulation backward, where padding, slicing and
+    concatenating would copy every piece twice each way."""
+
+    @staticmethod
+    def forward(ctx: Any, blocks: torch.Tensor, tail: torch.Tensor | None, offsets: tuple[int, ...]) -> torch.Tensor:
+        heads, batch, num_blocks, size, dim = blocks.shape
+        extra = 0 if tail is None else tail.shape[2]
+        out = blocks.new_empty(heads, batch, num_blocks, len(offsets) * size + extra, dim)
+        for piece, (low, high, offset) in enumerate(_shift_ranges(num_blocks, offsets)):
+            keys = out[:, :, :, piece * size : (piece + 1) * size]
+            keys[:, :, low:high] = blocks[:, :, low + offset : high + offset]
+            keys[:, :, :low] = 0
+            keys[:, :, high:] = 0
+        if tail is not None:
+            out[:, :, :, len(offsets) * size :] = tail[:, :, None]
+        ctx.offsets, ctx.size, ctx.has_tail = offsets, size, tail is not None
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+        heads, batch, num_blocks, _, dim = grad.shape
+        size, pieces = ctx.size, len(ctx.offsets)
+        grad_blocks = grad.new_zeros(heads, batch, num_blocks, size, dim)
+        for piece, (low, high, offset) in enumerate(_shift_ranges(num_blocks, ctx.offsets)):
+            grad_blocks[:, :, low + offset : high + offset] += grad[:, :, low:high, piece * size : (piece + 1) * size]
+        grad_tail = grad[:, :, :, pieces * size :].sum(2) if ctx.has_tail else None
+        return grad_blocks, grad_tail, None
+
+
+def _shift_ranges(num_blocks: int, offsets: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """For each offset, the query blocks [low, high) whose block b + offset exists, and the offset."""
+    return [(max(0, -offset), max(max(0, -offset), num_blocks - max(0, offset)), offset) for offset in offsets]
+
+
+@dataclass(frozen=True)
+class KeyBlocks:
+    """One source of keys: blocks of ``size`` consecutive entries of ``order`` (identity if None).
+
+    ``index`` is a long tensor (heads or 1, batch or 1, query_blocks, n): the key blocks each query
+    block sees, -1 for none; its valid entries are distinct. ``allowed`` keeps a subset of their
+    keys; for a causal pattern it must be the source's whole definition, since decoding with a
+    cache evaluates it alone. ``offsets``, set by :meth:`neighbours`, says that block b sees blocks
+    b + offset: those are gathered by shifting, with no index.
+    """
+
+    index: torch.Tensor
+    size: int
+    order: torch.Tensor | None = None
+    allowed: Predicate | None = None
+    offsets: tuple[int, ...] | None = None
+
+    @classmethod
+    def neighbours(
+        cls,
+        num_blocks: int,
+        before: int,
+        after: int,
+        size: int,
+        order: torch.Tensor | None = None,
+        allowed: Predicate | None = None,
+        device: torch.device | None = None,
+    ) -> KeyBlocks:
+        """Blocks b - before … b + after for each of ``num_blocks`` query blocks b."""
+        offsets = tuple(range(-before, after + 1))
+        index = torch.arange(num_blocks, device=device)[:, None] + torch.tensor(offsets, device=device)
+        index = index.masked_fill((index < 0) | (index >= num_blocks), -1)[None, None]
+        return cls(index, size, order, allowed, offsets)
+
+    def positions(self) -> torch.Tensor:
+        """(heads or 1, batch or 1, query_blocks, n · size) key positions, -1 where none."""
+        slots = self.index[..., None] * self.size + torch.arange(self.size, device=self.index.device)
+        slots = slots.flatten(-2)
+        positions = slots.clamp(min=0) if self.order is None else self.order[slots.clamp(min=0)]
+        return positions.masked_fill(slots < 0, -1)
+
+    def gather(self, x: torch.Tensor, tail: torch.Tensor | None = None) -> torch.Tensor:
+        """(heads, batch, query_blocks, keys, dim): the keys of x (heads, batch, L, dim) that each
+        query block sees, in the order of :meth:`positions`, then ``tail`` (heads, batch, g, dim)."""
+        heads, batch, length, dim = x.shape
+        blocks = reorder(x, self.order).reshape(heads, batch, length // self.size, self.size, dim)
+        if self.offsets is not None:
+            if self.offsets == (0,) and tail is None:
+                return blocks
+            return _ShiftedBlocks.apply(blocks, tail, self.offsets)
+        base = torch.arange(heads * batch, device=x.device).view(heads, batch, 1, 1) * blocks.shape[2]
+        index = (base + self.index.clamp(min=0)).expand(heads, batch, *self.index.shape[2:])
+        gathered = blocks.reshape(-1, self.size * dim).index_select(0, index.reshape(-1))
+        gathered = gathered.view(heads, batch, index.shape[2], -1, dim)
+        if tail is None:
+            return gathered
+        return torch.cat([gathered, tail[:, :, None].expand(-1, -1, gathered.shape[2], -1, -1)], dim=3)
+
+
+@dataclass(frozen=True)
+class Part:
+    """Queries cut into blocks of ``block_size`` entries of ``order``, each attending ``keys``.
+
+    The sources of a part must not share a key (their predicates make them disjoint); several
+    parts of one head group are merged into one softmax (a union of differently ordered layouts).
+    """
+
+    block_size: int
+    keys: tuple[KeyBlocks, ...]
+    order: torch.Tensor | None = None
+
+    def query_positions(self, padded_length: int, device: torch.device) -> torch.Tensor:
+        """(query_blocks, block_size) positions of the queries of each block."""
+        order = torch.arange(padded_length, device=device) if self.order is None else self.order
+        return order.view(-1, self.block_size)
+
+
+@dataclass(frozen=True)
+class HeadGroup:
+    """The heads ``heads`` attend the union of ``parts``."""
+
+    heads: slice
+    parts: tuple[Part, ...]
+
+    def allowed(self, query_position: torch.Tensor, key_position: torch.Tensor) -> torch.Tensor:
+        """The group's pattern as one predicate, the union of its sources' (decoding uses it)."""
+        allowed = torch.zeros((), dtype=torch.bool, device=query_position.device)
+        for part in self.parts:
+            for source in part.keys:
+                if source.allowed is None:
+                    raise ValueError("decoding needs every key source to define `allowed`")
+                allowed = allowed | source.allowed(query_position, key_position)
+        return allowed
+
+
+def round_up(length: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is at least ``length`` (and at least one block)."""
+    return max(1, math.ceil(length / multiple)) * multiple
+
+
+def residue_order(length: int, modulus: int, device: torch.device) -> torch.Tensor:
+    """Positions sorted by (position mod ``modulus``, position): each residue class contiguous.
+
+    Positions i and i ± modulus become neighbours, so a dilated window, a stride or a grid column
+    is a contiguous run of blocks.
+    """
+    rows = math.ceil(length / modulus)
+    grid = torch.arange(rows * modulus, device=device).view(rows, modulus).t().reshape(-1)
+    return grid[grid < length]
+
+
+def head_runs(values: Sequence[int]) -> list[tuple[slice, int]]:
+    """Consecutive heads with equal values, as (heads, value) runs: one head group each."""
+    runs: list[tuple[slice, int]] = []
+    start = 0
+    for head in range(1, len(values) + 1):
+        if head == len(values) or values[head] != values[start]:
+            runs.append((slice(start, head), values[start]))
+            start = head
+    return runs
+
+
+# --------------------------------------------------------------------------------------------
+# Global tokens
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GlobalTokens:
+    """The global tokens of a packed batch: a (batch, L) mask and, per row, their positions."""
+
+    mask: torch.Tensor
+    positions: torch.Tensor  # (batch, g), padded with 0 where ``valid`` is False
+    valid: torch.Tensor  # (batch, g)
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> GlobalTokens | None:
+        counts = mask.sum(-1)
+        count = int(counts.max()) if mask.numel() else 0
+        if count == 0:
+            return None
+        positions = torch.sort((~mask).to(torch.uint8), dim=-1, stable=True).indices[:, :count]
+        valid = torch.arange(count, device=mask.device) < counts[:, None]
+        return cls(mask, positions.masked_fill(~valid, 0), valid)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows of head-major x (heads, batch, L, dim) at the global positions: (heads, batch, g, dim)."""
+        index = self.positions[None, :, :, None].expand(x.shape[0], -1, -1, x.shape[-1])
+        return x.gather(2, index)
+
+    def scatter(self, context: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``context`` (heads, batch, L, dim) with the global rows replaced by ``rows``."""
+        heads, _, length, dim = context.shape
+        target = self.positions.masked_fill(~self.valid, length)  # invalid rows land past the end
+        index = target[None, :, :, None].expand(heads, -1, -1, dim)
+        extended = torch.cat([context, context.new_zeros(heads, context.shape[1], 1, dim)], dim=2)
+        return extended.scatter(2, index, rows)[:, :, :length]
+
+
+def global_token_mask(
+    lengths: torch.Tensor,
+    padded_length: int,
+    *,
+    causal: bool,
+    special_tokens: bool,
+    extra: Sequence[torch.Tensor | None] = (),
+) -> torch.Tensor:
+    """(batch, padded_length) bool: the global tokens of a packed batch.
+
+    Special tokens are the first real token and, unless causal, the last one; ``extra`` masks
+    (the user's ``global_attention_mask``, a pattern's own global blocks) are added; padding never
+    is global.
+    """
+    positions = torch.arange(padded_length, device=lengths.device)
+    real = positions < lengths[:, None]
+    mask = torch.zeros_like(real)
+    if special_tokens:
+        mask = mask | (positions == 0)
+        if not causal:
+            mask = mask | (positions == lengths[:, None] - 1)
+    for other in extra:
+        if other is not None:
+            mask = mask | F.pad(other.to(torch.bool), (0, padded_length - other.shape[-1]))
+    return mask & real
+
+
+# --------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """What every head group of one forward shares."""
+
+    lengths: torch.Tensor  # (batch,) real tokens, first in each row
+    global_tokens: GlobalTokens | None
+    causal: bool
+    dropout_p: float
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    groups: Sequence[HeadGroup],
+    *,
+    lengths: torch.Tensor,
+    global_tokens: GlobalTokens | None = None,
+    causal: bool = False,
+    global_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    dropout_p: float = 0.0,
+    dense: bool = False,
+) -> torch.Tensor:
+    """Attention of q, k, v (batch, heads, L, dim) under a block layout; returns (batch, heads, L, dim).
+
+    The batch is packed (each row's ``lengths`` real tokens first) and L is the layout's padded
+    length. Global queries use ``global_qkv`` when given (Longformer's global projections: the
+    queries of the global rows, (batch, heads, g, dim), and keys and values like k and v), else
+    q, k, v. With ``dense``, one SDPA per head group takes the pattern as an L×L boolean mask.
+    Rows of padding are not zeroed here.
+    """
+    batch = _Batch(
+        lengths=lengths.int(),
+        global_tokens=global_tokens,
+        causal=causal,
+        dropout_p=dropout_p,
+    )
+    # Head-major (heads, batch, L, dim): a mask that does not depend on the head broadcasts.
+    q, k, v = (x.transpose(0, 1).contiguous() for x in (q, k, v))
+    attend = _attend_group_dense if dense else _attend_group_blocks
+    contexts = [attend(q[g.heads], k[g.heads], v[g.heads], g, batch) for g in groups]
+    context = contexts[0] if len(contexts) == 1 else torch.cat(contexts, dim=0)
+    if batch.global_tokens is not None and not causal:
+        context = batch.global_tokens.scatter(context, _global_rows(q, k, v, global_qkv, batch))
+    return context.transpose(0, 1)
+
+
+def _global_rows(q, k, v, global_qkv, batch: _Batch) -> torch.Tensor:
+    """Global queries attend every real key: (heads, batch, g, dim), O(g·L)."""
+    if global_qkv is None:
+        rows = batch.global_tokens.gather(q)
+    else:
+        rows, k, v = (x.transpose(0, 1) for x in global_qkv)
+    real = torch.arange(k.shape[2], device=k.device) < batch.lengths[:, None]
+    real = real | (batch.lengths[:, None] == 0)  # finite rows for empty sequences
+    return F.scaled_dot_product_attention(rows, k, v, attn_mask=real[None, :, None, :], dropout_p=batch.dropout_p)
+
+
+def _key_mask(
+    query_positions: torch.Tensor, key_positions: torch.Tensor, batch: _Batch, allowed: Predicate | None
+) -> torch.Tensor:
+    """Which keys each query keeps: real, not global (those come once, as global keys), allowed, causal.
+
+    ``query_positions`` (..., queries, 1) and ``key_positions`` (heads or 1, batch or 1, ..., 1, keys)
+    broadcast to a (heads or 1, batch, ..., queries, keys) bool tensor.
+    """
+    lengths = batch.lengths.view(1, -1, *([1] * (key_positions.dim() - 2)))
+    keep = (key_positions >= 0) & (key_positions < lengths)
+    if batch.global_tokens is not None:
+        batch_index = torch.arange(lengths.shape[1], device=lengths.device).view_as(lengths)
+        keep = keep & ~batch.global_tokens.mask[batch_index, key_positions.clamp(min=0)]
+    if allowed is not None:
+        keep = keep & allowed(query_positions, key_positions)
+    if batch.causal:
+        keep = keep & (key_positions <= query_positions)
+    return keep
+
+
+def _global_key_mask(query_positions: torch.Tensor, batch: _Batch) -> torch.Tensor:
+    """(1, batch, ..., queries, g): every query sees the global keys (causally)."""
+    tokens = batch.global_tokens
+    shape = (1, tokens.positions.shape[0]) + (1,) * (query_positions.dim() - 1) + (-1,)
+    keep = tokens.valid.view(shape)
+    if batch.causal:
+        keep = keep & (tokens.positions.view(shape) <= query_positions)
+    return keep
+
+
+def _part_inputs(q, k, v, part: Part, batch: _Batch, with_globals: bool):
+    """Blocked queries, gathered keys and values and the mask of one part (heads, batch·blocks, ...)."""
+    heads, batch_size, length, dim = q.shape
+    query_positions = part.query_positions(length, q.device).int()
+    num_blocks, block_size = query_positions.shape
+    rows = query_positions[:, :, None]  # (blocks, block_size, 1)
+
+    masks = [_key_mask(rows, source.positions().int()[..., None, :], batch, source.allowed) for source in part.keys]
+    globals_ = batch.global_tokens if with_globals else None
+    if globals_ is not None:  # appended to the last source's keys, shared by every block
+        masks.append(_global_key_mask(rows, batch))
+    mask_heads = max(m.shape[0] for m in masks)
+    masks = [m.expand(mask_heads, batch_size, num_blocks, block_size, -1) for m in masks]
+    mask = masks[0] if len(masks) == 1 else torch.cat(masks, dim=-1)
+
+    def blocked(x: torch.Tensor) -> torch.Tensor:
+        """The keys (or values) of every source and the global ones: (heads, batch·blocks, keys, dim)."""
+        tail = None if globals_ is None else globals_.gather(x)
+        pieces = [s.gather(x, tail if i == len(part.keys) - 1 else None) for i, s in enumerate(part.keys)]
+        x = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=3)
+        return x.reshape(heads, batch_size * num_blocks, -1, dim)
+
+    blocked_q = reorder(q, part.order).reshape(heads, batch_size * num_blocks, block_size, dim)
+    return blocked_q, blocked(k), blocked(v), mask.reshape(mask_heads, batch_size * num_blocks, block_size, -1)
+
+
+def _unblock(x: torch.Tensor, part: Part, batch_size: int) -> torch.Tensor:
+    """(heads, batch·blocks, block_size, ...) in the part's order -> (heads, batch, L, ...)."""
+    return restore(x.reshape(x.shape[0], batch_size, -1, *x.shape[3:]), part.order)
+
+
+def _with_empty_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows with no key see every key instead (finite values and gradients) and are zeroed after."""
+    empty = ~mask.any(-1, keepdim=True)
+    if not bool(empty.any()):
+        return mask, None
+    return mask | empty, empty
+
+
+def _attend_group_blocks(q, k, v, group: HeadGroup, batch: _Batch) -> torch.Tensor:
+    """SDPA on gathered blocks: one call for a one-part group, a merged softmax for several."""
+    inputs = [_part_inputs(q, k, v, part, batch, with_globals=i == 0) for i, part in enumerate(group.parts)]
+    if len(inputs) > 1:
+        return _merged_softmax(inputs, group.parts, batch)
+    blocked_q, keys, values, mask = inputs[0]
+    mask, empty = _with_empty_rows(mask)
+    context = F.scaled_dot_product_attention(blocked_q, keys, values, attn_mask=mask, dropout_p=batch.dropout_p)
+    if empty is not None:
+        context = context.masked_fill(empty, 0.0)
+    return _unblock(context, group.parts[0], q.shape[1])
+
+
+def _merged_softmax(inputs, parts: Sequence[Part], batch: _Batch) -> torch.Tensor:
+    """One softmax over the disjoint key sets of several parts (each with its own query order).
+
+    Each part's scores give a log-sum-exp per query; their log-sum-exp normalises all parts, so
+    the result is exact softmax attention over the union. Scores are materialised per part:
+    O(L · keys per query) memory, as the blocks are.
+    """
+    batch_size = batch.lengths.shape[0]
+    scores = []
+    for blocked_q, keys, _, mask in inputs:
+        score = blocked_q @ keys.transpose(-1, -2) / math.sqrt(blocked_q.shape[-1])
+        scores.append(score.masked_fill(~mask, torch.finfo(score.dtype).min))
+    lse = [_unblock(torch.logsumexp(s, -1, keepdim=True), p, batch_size) for s, p in zip(scores, parts, strict=True)]
+    total = torch.logsumexp(torch.stack(lse), dim=0)
+    context = 0
+    for (_, _, values, mask), score, part in zip(inputs, scores, parts, strict=True):
+        own_total = reorder(total, part.order)
+        weights = torch.exp(score - own_total.reshape(*score.shape[:-1], 1)) * mask
+        weights = F.dropout(weights, batch.dropout_p) if batch.dropout_p else weights
+        context = context + _unblock(weights @ values, part, batch_size)
+    return context
+
+
+def dense_pattern(group: HeadGroup, batch: _Batch, padded_length: int, device: torch.device) -> torch.Tensor:
+    """The group's pattern as a (heads or 1, batch, L, L) bool mask, from the same layout."""
+    positions = torch.arange(padded_length, device=device)
+    rows, columns = positions.view(1, 1, -1, 1).int(), positions.view(1, 1, 1, -1).int()
+    allowed = torch.zeros((), dtype=torch.bool, device=device)
+    for part in group.parts:
+        query_positions = part.query_positions(padded_length, device)
+        block_of = torch.empty_like(positions)
+        block_of[query_positions.reshape(-1)] = torch.arange(query_positions.numel(), device=device) // part.block_size
+        for source in part.keys:
+            key_positions = source.positions()
+            members = torch.zeros(*key_positions.shape[:-1], padded_length + 1, dtype=torch.bool, device=device)
+            members.scatter_(-1, key_positions.masked_fill(key_positions < 0, padded_length), True)
+            members = members[..., :padded_length].index_select(2, block_of)
+            allowed = allowed | (members & _key_mask(rows, columns, batch, source.allowed))
+    if batch.global_tokens is not None:
+        is_global = batch.global_tokens.mask[None, :, None, :]
+        real = columns < batch.lengths.view(1, -1, 1, 1)
+        allowed = allowed | (is_global & real & ((columns <= rows) if batch.causal else True))
+    return allowed
+
+
+def _attend_group_dense(q, k, v, group: HeadGroup, batch: _Batch) -> torch.Tensor:
+    """One dense SDPA with the pattern as a boolean mask: faster than gathering for short inputs."""
+    mask, empty = _with_empty_rows(dense_pattern(group, batch, q.shape[2], q.device))
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=batch.dropout_p)
+    return context if empty is None else context.masked_fill(empty, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding cache
+# --------------------------------------------------------------------------------------------
+
+
+class SinkSlidingWindowLayer(DynamicSlidingWindowLayer):
+    """Transformers' sliding-window cache layer plus one attention-sink slot per sequence.
+
+    Keeps each sequence's first real token (the causal global token, whatever the padding) and
+    its last ``sliding_window - 1`` tokens: memory O(window). ``update`` returns
+    ``[sink, cached window, new tokens]``; pass ``sink_index`` (batch,), the index among the new
+    tokens of the sequence's first real token, or -1 where it is not among them.
+    """
+
+    def update(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        *args: Any,
+        sink_index: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self.keys = key_states.new_zeros(*key_states.shape[:2], 1, key_states.shape[-1])
+            self.values = value_states.new_zeros(*value_states.shape[:2], 1, value_states.shape[-1])
+        self.cumulative_length += key_states.shape[-2]
+        keys = self._append(self.keys, key_states, sink_index)
+        values = self._append(self.values, value_states, sink_index)
+        self.keys, self.values = self._keep_window(keys), self._keep_window(values)
+        return keys, values
+
+    @staticmethod
+    def _append(cached: torch.Tensor, new: torch.Tensor, sink_index: torch.Tensor | None) -> torch.Tensor:
+        """[sink, cached window, new], the sink taken from the new tokens where it is among them."""
+        sink = cached[:, :, :1]
+        if sink_index is not None:
+            index = sink_index.clamp(min=0)[:, None, None, None].expand(-1, new.shape[1], 1, new.shape[-1])
+            sink = torch.where((sink_index >= 0)[:, None, None, None], new.gather(2, index), sink)
+        return torch.cat([sink, cached[:, :, 1:], new], dim=2)
+
+    def _keep_window(self, states: torch.Tensor) -> torch.Tensor:
+        """The sink and the last ``sliding_window - 1`` tokens."""
+        start = max(1, states.shape[2] - (self.sliding_window - 1))
+        return torch.cat([states[:, :, :1], states[:, :, start:]], dim=2)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("SinkSlidingWindowLayer cannot be cropped; regenerate from the prompt instead.")
+
+
+# --------------------------------------------------------------------------------------------
+# The mechanism base class
+# --------------------------------------------------------------------------------------------
+
+
+class BlockSparseAttention(AttentionMechanism):
+    """Base of every sparse pattern: padding, global tokens, caches and the dense fallback.
+
+    A subclass reads and checks its config fields and gives its layout: :meth:`padded_length`,
+    :meth:`head_groups` and, optionally, :meth:`pattern_global_tokens` and :meth:`cache_window`.
+    Config fields every pattern reads: ``global_special_tokens`` (default True) and
+    ``dense_attention_below`` (default :data:`DENSE_ATTENTION_BELOW`). Extra forward input:
+    ``global_attention_mask`` (batch, L), 1 for global tokens (Longformer's convention).
+    """
+
+    supports_causal = True
+
+    def __init__(self, config: Any, layer_idx: int = 0) -> None:
+        super().__init__(config, layer_idx)
+        self.global_special_tokens = bool(getattr(config, "global_special_tokens", True))
+        self.dense_attention_below = non_negative_int(
+            "dense_attention_below", getattr(config, "dense_attention_below", DENSE_ATTENTION_BELOW),
+            "Use 0 to always take the block-sparse path.",
+        )
+
+    # -- the layout, given by each pattern ---------------------------------------------------
+
+    def padded_length(self, length: int) -> int:
+        """The length the layout needs for ``length`` tokens (a block multiple, at least ``length``)."""
+        raise NotImplementedError
+
+    def head_groups(
+        self, padded_length: int, lengths: torch.Tensor, causal: bool, num_heads: int
+    ) -> list[HeadGroup]:
+        """The layout of a packed batch with ``lengths`` real tokens, padded to ``padded_length``."""
+        raise NotImplementedError
+
+    def pattern_global_tokens(self, lengths: torch.Tensor, padded_length: int) -> torch.Tensor | None:
+        """(batch, padded_length) bool tokens the pattern itself makes global (BigBird's end blocks)."""
+        return None
+
+    @classmethod
+    def cache_window(cls, config: Any, layer_idx: int) -> int | None:
+        """How many tokens back (the query included) causal decoding needs; None: all of them."""
+        return None
+
+    @classmethod
+    def new_cache(cls, config: Any) -> Cache:
+        """A sliding-window cache with attention sinks when the pattern is local, else DynamicCache."""
+        windows = [cls.cache_window(config, layer) for layer in range(config.num_hidden_layers)]
+        if any(window is None for window in windows):
+            return DynamicCache()
+        return Cache(layers=[SinkSlidingWindowLayer(sliding_window=window) for window in windows])
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        padding_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: Any = None,
+        global_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.attend(q, k, v, padding_mask, causal, cache, global_attention_mask)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        causal: bool,
+        cache: Any,
+        global_attention_mask: torch.Tensor | None,
+        global_projections: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """The forward of every pattern.
+
+        ``global_projections(rows)`` gives the global rows' own projections (Longformer's): the
+        queries of the tokens at ``rows`` (batch, g), (batch, heads, g, head_dim), and keys and
+        values (batch, heads, L, head_dim). It is called only when there are global rows.
+        """
+        self.check_causal(causal)
+        self.check_global_attention_mask(global_attention_mask, q, causal)
+        if cache is not None:
+            return self._attend_with_cache(q, k, v, padding_mask, causal, cache)
+        return self._attend_parallel(q, k, v, padding_mask, causal, global_attention_mask, global_projections)
+
+    def check_causal(self, causal: bool) -> None:
+        """Refuse causal attention where the pattern is bidirectional only."""
+        if causal and not self.supports_causal:
+            raise ValueError(
+                f"{type(self).__name__} is bidirectional only, got causal=True (config.is_decoder=True). "
+                "Set is_decoder=False, or use a causal pattern (local, longformer, sparse, axial) for a causal LM."
+            )
+
+    @staticmethod
+    def check_global_attention_mask(mask: torch.Tensor | None, q: torch.Tensor, causal: bool) -> None:
+        if mask is None:
+            return
+        expected = (q.shape[0], q.shape[2])
+        if tuple(mask.shape) != expected:
+            raise ValueError(
+                f"global_attention_mask has shape {tuple(mask.shape)} but input_ids has {expected}: give one "
+                "0/1 entry per token (1 for global attention, 0 for local), shaped like input_ids."
+            )
+        if causal and bool(mask.any()):
+            raise ValueError(
+                "global_attention_mask cannot be used with causal attention: a global token would see the "
+                "future. Drop it (the first token is already an attention sink) or use a bidirectional model."
+            )
+
+    def _attend_parallel(self, q, k, v, padding_mask, causal, global_attention_mask, global_projections):
+        batch_size, _, length, _ = q.shape
+        if padding_mask is None:
+            lengths = torch.full((batch_size,), length, dtype=torch.long, device=q.device)
+        else:
+            lengths = padding_mask.sum(-1)
+        order = None  # a batch that is not right-padded is packed: real tokens first
+        if padding_mask is not None and bool((padding_mask[:, 1:] & ~padding_mask[:, :-1]).any()):
+            order = real_tokens_first_order(padding_mask)
+            if global_attention_mask is not None:
+                global_attention_mask = global_attention_mask.gather(1, order)
+
+        padded_length = self.padded_length(length)
+        global_mask = global_token_mask(
+            lengths, padded_length, causal=causal, special_tokens=self.global_special_tokens,
+            extra=(global_attention_mask, self.pattern_global_tokens(lengths, padded_length)),
+        )
+
+        def prepare(x: torch.Tensor) -> torch.Tensor:
+            x = x if order is None else gather_positions(x, order)
+            return x if padded_length == length else F.pad(x, (0, 0, 0, padded_length - length))
+
+        global_tokens = GlobalTokens.from_mask(global_mask)
+        global_qkv = None
+        if global_projections is not None and global_tokens is not None and not causal:
+            rows = global_tokens.positions if order is None else order.gather(1, global_tokens.positions)
+            global_queries, global_keys, global_values = global_projections(rows)
+            global_qkv = (global_queries, prepare(global_keys), prepare(global_values))
+        context = block_sparse_attention(
+            prepare(q), prepare(k), prepare(v),
+            self.head_groups(padded_length, lengths, causal, q.shape[1]),
+            lengths=lengths,
+            global_tokens=global_tokens,
+            causal=causal,
+            global_qkv=global_qkv,
+            dropout_p=self.dropout if self.training else 0.0,
+            dense=padded_length < self.dense_attention_below,
+        )[:, :, :length]
+        if padding_mask is None:
+            return context
+        real = torch.arange(length, device=q.device) < lengths[:, None]
+        context = context.masked_fill(~real[:, None, :, None], 0.0)
+        return context if order is None else scatter_positions(context, order)
+
+    def _attend_with_cache(self, q, k, v, padding_mask, causal, cache):
+        """Causal decoding: new queries against the cached keys, the pattern as a predicate."""
+        if not causal:
+            raise ValueError("A cache is only used for causal decoding; pass causal=True or no cache.")
+        new = q.shape[2]
+        past = cache.get_seq_length(self.layer_idx)
+        total = past + new
+        if padding_mask is None:
+            real = torch.ones(q.shape[0], total, dtype=torch.bool, device=q.device)
+        else:
+            real = padding_mask
+        first_real = real.to(torch.uint8).argmax(-1)
+        sink_index = torch.where(real.any(-1) & (first_real >= past), first_real - past, -1)
+        keys, values = cache.update(k, v, self.layer_idx, sink_index=sink_index)
+        if past == 0:
+            return self._attend_parallel(q, k, v, padding_mask, causal, None, None)
+
+        has_sink = isinstance(cache.layers[self.layer_idx], SinkSlidingWindowLayer)
+        window = keys.shape[2] - int(has_sink)
+        position = real.long().cumsum(-1) - 1  # position among the real tokens
+        key_position, key_real = position[:, total - window :], real[:, total - window :]
+        if has_sink:
+            sink_in_window = (key_real & (key_position == 0)).any(-1, keepdim=True)
+            key_position = torch.cat([torch.zeros_like(key_position[:, :1]), key_position], dim=-1)
+            key_real = torch.cat([real.any(-1, keepdim=True) & ~sink_in_window, key_real], dim=-1)
+        query_position, query_real = position[:, past:, None], real[:, past:, None]
+        key_position, key_real = key_position[:, None, :], key_real[:, None, :]
+        is_sink = (key_position == 0) & self.global_special_tokens
+
+        groups = self.head_groups(self.padded_length(total), real.sum(-1), causal, q.shape[1])
+        contexts = []
+        for group in groups:
+            allowed = group.allowed(query_position[:, None], key_position[:, None]) | is_sink[:, None]
+            allowed = allowed & key_real[:, None] & (key_position <= query_position)[:, None] & query_real[:, None]
+            empty = ~allowed.any(-1, keepdim=True)
+            context = F.scaled_dot_product_attention(
+                q[:, group.heads], keys[:, group.heads], values[:, group.heads], attn_mask=allowed | empty
+            )
+            contexts.append(context.masked_fill(empty, 0.0))
+        return torch.cat(contexts, dim=1)

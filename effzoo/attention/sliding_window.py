@@ -1,0 +1,170 @@
+"""Longformer's attention: a (dilated) sliding window plus global tokens (Beltagy et al. 2020, §3.1).
+
+Query i attends key j iff |i - j| ≤ d · w/2 and d divides i - j, with w = ``attention_window``
+(even, as in Transformers' ``LongformerConfig``; one value or one per layer) and d the head's
+``attention_dilation`` (§3.1 "Dilated Sliding Window"; one value or one per head). Causal: only
+j ≤ i. Global tokens (``global_attention_mask`` = 1, plus the special tokens) are seen by every
+query, and their own queries attend every key through separate projections ``query_global``,
+``key_global`` and ``value_global`` of the hidden states (§3.1 "Linear Projections for Global
+Attention"), as Transformers' ``LongformerSelfAttention`` does.
+
+A dilated head runs on the positions in residue order (mod d), where its window is contiguous.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .blocksparse import (
+    BlockSparseAttention,
+    HeadGroup,
+    KeyBlocks,
+    Part,
+    Predicate,
+    head_runs,
+    residue_order,
+    round_up,
+)
+from .checks import positive_int
+
+#: Query blocks are about as long as the one-sided window (the fastest on CPU, measured), in
+#: multiples of this, so that a block sees its neighbours on each side and little more.
+BLOCK_MULTIPLE = 16
+
+
+def _per_item(name: str, value: Any, count: int | None, what: str) -> int | list[int]:
+    """A positive int, or a list of them with one per ``what`` (``count`` of them, where known)."""
+    fix = f"Give a positive int, or a list with one per {what}."
+    if not isinstance(value, (list, tuple)):
+        return positive_int(name, value, fix)
+    if count is not None and len(value) != count:
+        raise ValueError(f"{name} has {len(value)} entries but the model has {count} {what}s. {fix}")
+    return [positive_int(name, item, fix) for item in value]
+
+
+def _window(config: Any, layer_idx: int) -> int:
+    """The one-sided window w/2 of layer ``layer_idx`` from ``attention_window`` (default 512, even)."""
+    value, layers = getattr(config, "attention_window", 512), getattr(config, "num_hidden_layers", None)
+    windows = _per_item("attention_window", value, layers, "layer")
+    window = windows[layer_idx] if isinstance(windows, list) else windows
+    if window % 2:
+        raise ValueError(
+            f"attention_window must be even (it covers attention_window / 2 tokens on each side), got {window}; "
+            f"use {window + 1}."
+        )
+    return window // 2
+
+
+def _dilations(config: Any) -> int | list[int]:
+    """The dilation of every head, or of each, from ``attention_dilation`` (default 1: none)."""
+    value, heads = getattr(config, "attention_dilation", 1), getattr(config, "num_attention_heads", None)
+    return _per_item("attention_dilation", value, heads, "head")
+
+
+class SlidingWindowAttention(BlockSparseAttention):
+    """Longformer: sliding window with per-head dilation and global tokens with their own projections.
+
+    Config fields: ``attention_window`` (512, even; int or one per layer), ``attention_dilation``
+    (1; int or one per head), plus the engine's ``global_special_tokens`` and
+    ``dense_attention_below``. Parameters: ``query_global``, ``key_global``, ``value_global``
+    (hidden → hidden). Extra forward inputs: ``global_attention_mask`` (batch, L) and
+    ``hidden_states`` (batch, L, hidden), the layer's input, which the global projections read.
+    Decoding keeps max(dilation) · attention_window / 2 + 1 tokens and the sink per layer.
+    """
+
+    supports_causal = True
+    conversion_init = "query/key/value_global copied from the layer's query/key/value (Longformer's recipe)"
+
+    def __init__(self, config: Any, layer_idx: int = 0) -> None:
+        super().__init__(config, layer_idx)
+        self.one_sided_window = _window(config, layer_idx)
+        self.dilations = _dilations(config)
+        self.block_size = round_up(self.one_sided_window, BLOCK_MULTIPLE)
+        self.query_global = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key_global = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value_global = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def init_from_projections(self, query: nn.Linear, key: nn.Linear, value: nn.Linear) -> None:
+        """Global projections start as copies of the local ones (Beltagy et al. 2020, §5)."""
+        with torch.no_grad():
+            for own, local in ((self.query_global, query), (self.key_global, key), (self.value_global, value)):
+                own.load_state_dict(local.state_dict())
+
+    def padded_length(self, length: int) -> int:
+        return round_up(length, self.block_size)
+
+    def head_groups(
+        self, padded_length: int, lengths: torch.Tensor, causal: bool, num_heads: int
+    ) -> list[HeadGroup]:
+        device = lengths.device
+        side = -(-self.one_sided_window // self.block_size)  # neighbour blocks on each side
+        num_blocks, after = padded_length // self.block_size, 0 if causal else side
+        groups = []
+        dilations = self.dilations if isinstance(self.dilations, list) else [self.dilations] * num_heads
+        for heads, dilation in head_runs(dilations):
+            order = residue_order(padded_length, dilation, device) if dilation > 1 else None
+            keys = KeyBlocks.neighbours(
+                num_blocks, side, after, self.block_size, order, self._window_of(dilation), device
+            )
+            groups.append(HeadGroup(heads, (Part(self.block_size, (keys,), order),)))
+        return groups
+
+    def _window_of(self, dilation: int) -> Predicate:
+        """|i - j| ≤ d · w/2 and d divides i - j."""
+
+        def allowed(query_position: torch.Tensor, key_position: torch.Tensor) -> torch.Tensor:
+            distance = query_position - key_position
+            within = distance.abs() <= dilation * self.one_sided_window
+            return within if dilation == 1 else within & (distance % dilation == 0)
+
+        return allowed
+
+    @classmethod
+    def cache_window(cls, config: Any, layer_idx: int) -> int:
+        dilations = _dilations(config)
+        return _window(config, layer_idx) * (max(dilations) if isinstance(dilations, list) else dilations) + 1
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        padding_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: Any = None,
+        global_attention_mask: torch.Tensor | None = None,
+        hidden_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        def projections(rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return self.global_projections(hidden_states, rows, q.shape[1])
+
+        return self.attend(q, k, v, padding_mask, causal, cache, global_attention_mask, projections)
+
+    def global_projections(
+        self, hidden_states: torch.Tensor | None, rows: torch.Tensor, num_heads: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """query_global of the tokens at ``rows`` (batch, g), key_global and value_global of all.
+
+        Returns per-head tensors (batch, heads, g, head_dim) and twice (batch, heads, L, head_dim).
+        """
+        if hidden_states is None:
+            raise ValueError(
+                "SlidingWindowAttention needs hidden_states (the layer input, batch × L × hidden) for its global "
+                "projections: pass hidden_states=..., or set global_special_tokens=False and give no "
+                "global_attention_mask."
+            )
+        batch, _, hidden = hidden_states.shape
+
+        def per_head(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, x.shape[1], num_heads, hidden // num_heads).transpose(1, 2)
+
+        global_hidden = hidden_states.gather(1, rows[:, :, None].expand(-1, -1, hidden))
+        return (
+            per_head(self.query_global(global_hidden)),
+            per_head(self.key_global(hidden_states)),
+            per_head(self.value_global(hidden_states)),
+        )

@@ -1,0 +1,15 @@
+"""Config of the ``bigbird`` variant: window + global + random blocks (Zaheer et al. 2020, ITC)."""
+
+from __future__ import annotations
+
+from .base import BlockSparseConfig
+
+
+class BigBirdConfig(BlockSparseConfig):
+    """Blocks of ``block_size`` attend to a window of 3 blocks, ``num_random_blocks`` random blocks and
+    the first and last blocks (global). Bidirectional only."""
+
+    model_type = "effzoo-bigbird"
+
+    block_size: int = 64
+    num_random_blocks: int = 3

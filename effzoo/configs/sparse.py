@@ -1,0 +1,18 @@
+"""Config of the ``sparse`` variant: factorized strided / fixed patterns (Child et al. 2019)."""
+
+from __future__ import annotations
+
+from .base import BlockSparseConfig
+
+
+class SparseConfig(BlockSparseConfig):
+    """``sparse_pattern`` "strided" (the previous ``stride`` positions + every ``stride``-th one) or
+    "fixed" (the own block of ``stride`` + the last ``summary_size`` positions of every block);
+    ``sparse_heads`` "split" gives half the heads each factor, "merged" gives every head both."""
+
+    model_type = "effzoo-sparse"
+
+    sparse_pattern: str = "fixed"
+    stride: int = 128
+    summary_size: int = 8
+    sparse_heads: str = "split"
