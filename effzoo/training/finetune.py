@@ -18,9 +18,9 @@ import torch
 import transformers
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 
-from .data import load_data, require_columns
 from ..hub.provenance import read_provenance, record_provenance
 from ..outputs import check_output_dir, peak_memory_mib
+from .data import load_data, require_columns
 from .models import convert_for_training
 from .tasks import Columns, get_task
 
