@@ -70,7 +70,8 @@ class ConversionReport:
             f"carried     {self.tensors_carried} tensors, {self.parameters_carried:,} parameters",
             f"new         {len(self.new_parameters)} tensors"
             + "".join(f"\n              {name}: {how}" for name, how in self.new_parameters.items()),
-            f"dropped     {len(self.dropped)} source tensors" + "".join(f"\n              {name}" for name in self.dropped),
+            f"dropped     {len(self.dropped)} source tensors"
+            + "".join(f"\n              {name}" for name in self.dropped),
         ]
         if self.positions != self.source_positions:
             how = "tiled from the learned ones" if self.positions > self.source_positions else "truncated"

@@ -44,7 +44,9 @@ class ParityReport:
 
 
 @torch.no_grad()
-def compare_with_source(source: str | Path, converted: str | Path, texts: tuple[str, ...] = SAMPLE_TEXTS) -> ParityReport:
+def compare_with_source(
+    source: str | Path, converted: str | Path, texts: tuple[str, ...] = SAMPLE_TEXTS
+) -> ParityReport:
     """Run the source (with Transformers) and the converted model (with effzoo) on ``texts``."""
     from transformers import AutoModel, AutoTokenizer
 

@@ -74,7 +74,9 @@ def write_model_card(
     speed = provenance.get("speed") or []
     model_name = model_name or directory.resolve().name
     architecture = (config.get("architectures") or [variant.model_classes["AutoModel"].__name__])[0]
-    auto_class = next((auto for auto, cls in variant.model_classes.items() if cls.__name__ == architecture), "AutoModel")
+    auto_class = next(
+        (auto for auto, cls in variant.model_classes.items() if cls.__name__ == architecture), "AutoModel"
+    )
     mechanism = variant.model_classes["AutoModel"].mechanism_class
 
     card_data = ModelCardData(

@@ -75,6 +75,7 @@ def test_card_refuses_what_it_cannot_describe(checkpoint, tmp_path):
 def test_card_command(checkpoint):
     commands = argparse.ArgumentParser().add_subparsers(dest="command")
     add_card_parser(commands)
-    run_card(commands.choices["card"].parse_args([str(checkpoint), "--license", "apache-2.0", "--source", "bert-base-uncased"]))
+    arguments = [str(checkpoint), "--license", "apache-2.0", "--source", "bert-base-uncased"]
+    run_card(commands.choices["card"].parse_args(arguments))
     data = ModelCard.load(checkpoint / "README.md").data
     assert (data.license, data.base_model) == ("apache-2.0", "bert-base-uncased")

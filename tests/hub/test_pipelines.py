@@ -56,6 +56,7 @@ def test_token_classification(run):
     for text, entities in zip(TEXTS, tag(TEXTS)):
         probabilities = direct(text).logits[0, 1:-1].softmax(-1)  # without [CLS] and [SEP]
         assert [entity["word"] for entity in entities] == text.split()
-        assert [entity["entity"] for entity in entities] == [LABELS["id2label"][int(i)] for i in probabilities.argmax(-1)]
+        expected = [LABELS["id2label"][int(i)] for i in probabilities.argmax(-1)]
+        assert [entity["entity"] for entity in entities] == expected
         torch.testing.assert_close(torch.tensor([float(entity["score"]) for entity in entities]),
                                    probabilities.max(-1).values)

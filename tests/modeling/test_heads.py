@@ -14,7 +14,9 @@ HEAD_INPUTS = {
     "AutoModelForCausalLM": {"labels": torch.randint(0, 99, (3, 12))},
     "AutoModelForSequenceClassification": {"labels": torch.tensor([0, 1, 1])},
     "AutoModelForTokenClassification": {"labels": torch.randint(0, 2, (3, 12))},
-    "AutoModelForQuestionAnswering": {"start_positions": torch.tensor([1, 2, 3]), "end_positions": torch.tensor([2, 4, 30])},
+    "AutoModelForQuestionAnswering": {
+        "start_positions": torch.tensor([1, 2, 3]), "end_positions": torch.tensor([2, 4, 30])
+    },
     "AutoModelForMultipleChoice": {"labels": torch.tensor([0, 1, 1])},
 }
 

@@ -14,7 +14,9 @@ class MSE(evaluate.Metric):
             description="Mean squared error between predictions and references.",
             citation="",
             inputs_description="predictions and references: lists of floats.",
-            features=datasets.Features({"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}
+            ),
         )
 
     def _compute(self, predictions, references):
