@@ -55,6 +55,7 @@ _COMMANDS = {
     "finetune": (training_cli.add_finetune_parser, training_cli.run_finetune),
     "pretrain": (training_cli.add_pretrain_parser, training_cli.run_pretrain),
     "distill": (training_cli.add_distill_parser, training_cli.run_distill),
+    "quickstart": (training_cli.add_quickstart_parser, training_cli.run_quickstart),
     "card": (hub_cli.add_card_parser, hub_cli.run_card),
     "push": (hub_cli.add_push_parser, hub_cli.run_push),
 }

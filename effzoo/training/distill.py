@@ -178,7 +178,8 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     callbacks = [TimeBudget(config.time_budget_minutes)] if config.time_budget_minutes else []
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=text_chunks(train_texts, tokenizer, config.max_length),
-        data_collator=transformers.DataCollatorWithPadding(tokenizer), callbacks=callbacks, teacher=teacher,
+        data_collator=transformers.DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+        callbacks=callbacks, teacher=teacher,
         hidden_weight=config.hidden_weight, attention_weight=config.attention_weight,
     )
     started, started_cpu = time.perf_counter(), time.process_time()
