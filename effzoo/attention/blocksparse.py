@@ -34,11 +34,12 @@ from .base import AttentionMechanism
 from .checks import non_negative_int
 from .masking import gather_positions, real_tokens_first_order, scatter_positions
 
-#: Padded lengths below this use one dense SDPA with the pattern as a mask: on CPU (torch 2.13,
-#: 12 heads of 64, forward + backward) a ±256 window or BigBird is faster dense at 512 tokens,
-#: even at 1,024 and faster in blocks from 2,048 on. Config field ``dense_attention_below``
-#: overrides it (0: always block-sparse).
-DENSE_ATTENTION_BELOW = 1024
+#: Padded lengths below this use one dense SDPA with the pattern as a mask. Off by default: on
+#: CPU (torch 2.13, one BERT-base layer, forward + backward, batch 1) the block path already
+#: matches ``full`` at 512 tokens, and on a padded batch the dense path falls back to SDPA's math
+#: kernel with a (batch, heads, L, L) mask: measured on MiniLM, batch 8 at 900 tokens, it was
+#: 1.7x slower and took 2.2x the memory of the block path. Config field ``dense_attention_below``.
+DENSE_ATTENTION_BELOW = 0
 
 #: ``allowed(query_position, key_position) -> bool``, broadcasting, on real-token positions.
 Predicate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
