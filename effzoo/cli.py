@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from .arguments import parse_setting, positive_int
+from .benchmarks import cli as bench_cli
 from .hub import cli as hub_cli
 from .training import cli as training_cli
 
@@ -58,6 +59,7 @@ _COMMANDS = {
     "quickstart": (training_cli.add_quickstart_parser, training_cli.run_quickstart),
     "card": (hub_cli.add_card_parser, hub_cli.run_card),
     "push": (hub_cli.add_push_parser, hub_cli.run_push),
+    "bench": (bench_cli.add_bench_parser, bench_cli.run_bench),
 }
 
 
