@@ -7,6 +7,8 @@ config converts by copying them.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from transformers import PreTrainedConfig
 
 #: Fields a BERT or RoBERTa config shares with :class:`EffzooConfig`; conversion copies these.
@@ -38,9 +40,36 @@ class EffzooConfig(PreTrainedConfig):
 
     The defaults are BERT-base's. ``is_decoder=True`` makes attention causal (used by the
     ``ForCausalLM`` head of variants whose mechanism can be causal).
+
+    Backbone options, each off by default (the default model is BERT, bit for bit), each working
+    with every attention:
+
+    - Switch mixture-of-experts feed-forward (Fedus et al. 2021): ``num_experts`` (0 = the dense
+      feed-forward) experts per MoE layer, ``num_experts_per_token`` of them per token (1 = Switch,
+      2 = GShard-style top-2), each expert taking at most ``capacity_factor`` × its fair share of a
+      sequence's real tokens (``eval_capacity_factor`` in evaluation; tokens over capacity skip the
+      feed-forward and keep their residual). Every ``encoder_sparse_step``-th layer is MoE (1: all,
+      2: every other one, layers 1, 3, 5, … as in the paper). The heads add
+      ``router_aux_loss_coef`` × load-balancing loss + ``router_z_loss_coef`` × router z-loss to
+      ``loss``; ``router_jitter_noise`` multiplies the router input by U(1 − ε, 1 + ε) in training;
+      ``output_router_logits`` returns the router logits of every MoE layer.
+    - ``reversible``: Reformer's reversible residual layers (Kitaev et al. 2020): two streams,
+      Y₁ = X₁ + Attention(X₂), Y₂ = X₂ + FeedForward(Y₁), activations recomputed in the backward
+      pass, so training memory is flat in depth. ``chunk_size_feed_forward`` (Transformers' field)
+      runs the dense feed-forward over chunks of that many positions (same outputs, intermediate
+      activations of one chunk at a time; a mixture-of-experts layer routes a sequence at once).
+    - ``ponder``: PonderNet adaptive depth (Banino et al. 2021) for the sequence-classification and
+      multiple-choice heads: a halting probability after each layer, the loss
+      Σₙ pₙ·L(yₙ) + ``ponder_beta``·KL(p ‖ Geometric(``ponder_lambda_prior``)), and at inference
+      an exit at the first layer whose cumulative halting probability passes ``ponder_threshold``
+      (or a sampled exit with ``ponder_sample``).
     """
 
     model_type = "effzoo"
+    #: Output fields that are not predictions: Trainer's evaluation leaves them out.
+    keys_to_ignore_at_inference: ClassVar[list[str]] = [
+        "past_key_values", "aux_loss", "z_loss", "router_logits", "dropped_tokens", "halting_probabilities",
+    ]
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -62,6 +91,25 @@ class EffzooConfig(PreTrainedConfig):
     is_decoder: bool = False
     tie_word_embeddings: bool = True
 
+    # Switch mixture-of-experts feed-forward (Fedus et al. 2021)
+    num_experts: int = 0
+    num_experts_per_token: int = 1
+    capacity_factor: float = 1.25
+    eval_capacity_factor: float = 2.0
+    router_aux_loss_coef: float = 0.01
+    router_z_loss_coef: float = 0.001
+    router_jitter_noise: float = 0.0
+    output_router_logits: bool = False
+    encoder_sparse_step: int = 1
+    # Reversible residual layers (Kitaev et al. 2020)
+    reversible: bool = False
+    # PonderNet adaptive depth (Banino et al. 2021)
+    ponder: bool = False
+    ponder_lambda_prior: float = 0.2
+    ponder_beta: float = 0.01
+    ponder_threshold: float = 0.5
+    ponder_sample: bool = False
+
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)
         self.check_backbone()
@@ -82,11 +130,93 @@ class EffzooConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+        self._check_mixture_of_experts()
+        self._check_reversible()
+        self._check_ponder()
+
+    def _check_mixture_of_experts(self) -> None:
+        experts = self.num_experts
+        if not _is_int(experts) or experts < 0:
+            raise ValueError(
+                f"num_experts must be a non-negative integer (0 = the dense feed-forward), got {experts!r}."
+            )
+        per_token = self.num_experts_per_token
+        if not _is_int(per_token) or per_token < 1:
+            raise ValueError(
+                f"num_experts_per_token must be a positive integer (1 = Switch routing, 2 = top-2), got {per_token!r}."
+            )
+        if experts and per_token > experts:
+            raise ValueError(
+                f"num_experts_per_token ({per_token}) is larger than num_experts ({experts}); choose at most "
+                f"{experts} experts per token, or more experts."
+            )
+        for name in ("capacity_factor", "eval_capacity_factor"):
+            value = getattr(self, name)
+            if not _is_number(value) or value <= 0:
+                raise ValueError(
+                    f"{name} must be a number > 0 (each expert takes up to {name} × its fair share of the "
+                    f"tokens; the Switch paper trains with 1.0-1.25), got {value!r}."
+                )
+        for name in ("router_aux_loss_coef", "router_z_loss_coef"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0 (0 turns the loss off), got {value!r}.")
+        if not _is_number(self.router_jitter_noise) or not 0.0 <= self.router_jitter_noise < 1.0:
+            raise ValueError(f"router_jitter_noise must be in [0, 1), got {self.router_jitter_noise!r}.")
+        step = self.encoder_sparse_step
+        if not _is_int(step) or step < 1:
+            raise ValueError(
+                f"encoder_sparse_step must be a positive integer (1 = every layer is a mixture of experts, "
+                f"2 = every other one), got {step!r}."
+            )
+
+    def _check_reversible(self) -> None:
+        if not isinstance(self.reversible, bool):
+            raise TypeError(f"reversible must be True or False, got {self.reversible!r}.")
+        chunk = self.chunk_size_feed_forward
+        if not _is_int(chunk) or chunk < 0:
+            raise ValueError(
+                f"chunk_size_feed_forward must be a non-negative integer (0 = no chunking), got {chunk!r}."
+            )
+        if self.reversible and self.ponder:
+            raise ValueError(
+                "reversible=True and ponder=True cannot be combined: PonderNet's loss needs every layer's state, "
+                "which reversible layers recompute instead of keeping. Set one of them to False."
+            )
+
+    def _check_ponder(self) -> None:
+        if not isinstance(self.ponder, bool) or not isinstance(self.ponder_sample, bool):
+            raise TypeError(f"ponder and ponder_sample must be True or False, got {self.ponder!r}, "
+                             f"{self.ponder_sample!r}.")
+        if not _is_number(self.ponder_lambda_prior) or not 0.0 < self.ponder_lambda_prior <= 1.0:
+            raise ValueError(
+                f"ponder_lambda_prior must be in (0, 1] (the halting probability per layer of the geometric "
+                f"prior; its mean depth is 1/ponder_lambda_prior), got {self.ponder_lambda_prior!r}."
+            )
+        if not _is_number(self.ponder_beta) or self.ponder_beta < 0:
+            raise ValueError(f"ponder_beta must be a number >= 0 (the weight of the KL term), got {self.ponder_beta!r}.")
+        if not _is_number(self.ponder_threshold) or not 0.0 < self.ponder_threshold < 1.0:
+            raise ValueError(
+                f"ponder_threshold must be in (0, 1) (inference stops where the cumulative halting probability "
+                f"passes it), got {self.ponder_threshold!r}."
+            )
+
+    def is_moe_layer(self, layer_idx: int) -> bool:
+        """Whether layer ``layer_idx`` has a mixture-of-experts feed-forward (every ``encoder_sparse_step``-th)."""
+        return self.num_experts > 0 and (layer_idx + 1) % self.encoder_sparse_step == 0
 
     @property
     def head_dim(self) -> int:
         """Size of one attention head: hidden_size / num_attention_heads."""
         return self.hidden_size // self.num_attention_heads
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class BlockSparseConfig(EffzooConfig):

@@ -26,7 +26,7 @@ from ..outputs import check_output_dir
 from ..variants import Variant, get_variant
 from .families import FAMILIES, SourceFamily
 from .sources import read_config, read_weights, resolve_source
-from .state_dict import POSITION_KEY, canonical_state_dict, resize_positions, with_backbone_prefix
+from .state_dict import POSITION_KEY, canonical_state_dict, resize_positions, upcycle_feed_forward, with_backbone_prefix
 
 #: Source architecture suffix (after "Bert"/"Roberta") -> the effzoo Auto class that receives it.
 HEAD_OF_ARCHITECTURE = {
@@ -43,6 +43,20 @@ HEAD_OF_ARCHITECTURE = {
 
 
 _RANDOM_INIT = "random, normal(0, initializer_range) as in BERT (train before use)"
+
+#: How the backbone options' new parameters start (a key containing the pattern).
+_OPTION_INIT = {
+    ".router.": "random, normal(0, initializer_range): a new router over experts that are copies (sparse upcycling)",
+    "encoder.LayerNorm.": "ones and zeros: the LayerNorm of the merged reversible streams",
+    "halting.": "zero weights and a bias with which every layer runs: the plain classifier until trained (PonderNet)",
+}
+
+_REVERSIBLE_NOTE = (
+    "reversible=True: not function-preserving. The layers become two-stream and pre-LN "
+    "(Y1 = X1 + Attention(X2), Y2 = X2 + FeedForward(Y1)), which no BERT computes; both streams start as the "
+    "embedding output, as in the Reformer code, and the BERT weights are only a starting point: train the model "
+    "(effzoo pretrain) before use."
+)
 
 
 @dataclass
@@ -63,6 +77,7 @@ class ConversionReport:
     positions: int = 0
     tokenizer: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [
@@ -81,6 +96,7 @@ class ConversionReport:
             lines.append(f"positions   {self.positions}")
         if self.overrides:
             lines.append("overrides   " + ", ".join(f"{key}={value!r}" for key, value in self.overrides.items()))
+        lines += [f"note        {note}" for note in self.notes]
         lines += [f"tokenizer   {self.tokenizer}", f"output      {self.output}"]
         return "\n".join(lines)
 
@@ -127,6 +143,12 @@ def convert(
     steps.set_postfix_str("carrying weights")
     if POSITION_KEY in weights:
         weights[POSITION_KEY] = resize_positions(weights[POSITION_KEY], offset, positions)
+    weights, upcycled = upcycle_feed_forward(weights, config)
+    notes = [_REVERSIBLE_NOTE] if config.reversible else []
+    if upcycled:
+        notes.append(f"upcycled: the dense feed-forward of layer(s) {upcycled} copied into each of "
+                     f"{config.num_experts} experts; with no token over capacity the model equals its source "
+                     f"(eval_capacity_factor >= num_experts / num_experts_per_token guarantees it)")
     prefix = f"{model.base_model_prefix}." if model.base_model is not model else ""
     report = _load(model, with_backbone_prefix(weights, prefix))
     for index, layer in enumerate(model.base_model.encoder.layer):
@@ -157,7 +179,7 @@ def convert(
     report.update(
         source=str(source), source_model_type=model_type, source_architecture=architecture, variant=variant.name,
         model_class=model_class.__name__, output=str(output), source_positions=source_positions,
-        positions=positions, tokenizer=tokenizer_status, overrides=dict(overrides or {}),
+        positions=positions, tokenizer=tokenizer_status, overrides=dict(overrides or {}), notes=notes,
     )
     return ConversionReport(**report)
 
@@ -212,7 +234,7 @@ def _load(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str,
     result = model.load_state_dict(weights, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or {})
     mechanism_init = model.base_model.mechanism_class.conversion_init
-    new = {key: mechanism_init if ".mechanism." in key else _RANDOM_INIT for key in result.missing_keys
+    new = {key: mechanism_init if ".mechanism." in key else _option_init(key) for key in result.missing_keys
            if key not in tied}
     carried = [key for key in weights if key in expected]
     return {
@@ -221,6 +243,10 @@ def _load(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str,
         "new_parameters": new,
         "dropped": sorted(result.unexpected_keys),
     }
+
+
+def _option_init(key: str) -> str:
+    return next((how for pattern, how in _OPTION_INIT.items() if pattern in key), _RANDOM_INIT)
 
 
 def _copy_tokenizer(source_dir: Path, target_dir: Path, positions: int) -> str:

@@ -42,6 +42,31 @@ def resize_positions(table: torch.Tensor, offset: int, num_positions: int) -> to
     return learned.repeat(repeats, 1)[:num_positions].clone()
 
 
+def upcycle_feed_forward(state_dict: dict[str, torch.Tensor], config) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Sparse upcycling (Komatsuzaki et al. 2022): each mixture-of-experts layer's dense feed-forward
+    (``encoder.layer.N.intermediate.dense`` and ``…output.dense``) copied into every one of its experts
+    (``encoder.layer.N.experts.K.…``). The LayerNorm stays where it is; the router is new.
+
+    Returns the new state dict (backbone keys without prefix) and the upcycled layers.
+    """
+    if not config.num_experts:
+        return state_dict, []
+    upcycled, layers = dict(state_dict), []
+    for index in range(config.num_hidden_layers):
+        if not config.is_moe_layer(index):
+            continue
+        prefix = f"encoder.layer.{index}."
+        for part in ("intermediate.dense.", "output.dense."):
+            for name in ("weight", "bias"):
+                tensor = upcycled.pop(prefix + part + name, None)
+                if tensor is None:
+                    continue
+                for expert in range(config.num_experts):
+                    upcycled[f"{prefix}experts.{expert}.{part}{name}"] = tensor.clone()
+        layers.append(index)
+    return upcycled, layers
+
+
 def with_backbone_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Backbone keys under ``prefix`` (``"bert."`` for the heads, ``""`` for the bare model)."""
     return {(prefix + key if key.startswith(BACKBONE_PREFIXES) else key): value for key, value in state_dict.items()}

@@ -4,6 +4,12 @@ Module and parameter names are BERT's (``embeddings.word_embeddings``,
 ``encoder.layer.N.attention.self.query``, ``…attention.output.dense``, ``…intermediate.dense``,
 ``…output.LayerNorm``, ``pooler.dense``), so a BERT state dict loads with no renaming and the
 only new parameters are the mechanism's own, under ``…attention.self.mechanism``.
+
+The backbone options of the config add their own modules here, for every mechanism alike:
+a mixture-of-experts layer has ``encoder.layer.N.router.weight`` and
+``encoder.layer.N.experts.K.{intermediate,output}.dense`` instead of the dense feed-forward (its
+``output.LayerNorm`` stays; see ``moe.py``); reversible layers add ``encoder.LayerNorm`` over the
+merged streams (see ``reversible.py``).
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
-from transformers.pytorch_utils import apply_chunking_to_forward
 from transformers.utils.generic import can_return_tuple
 
 from ..attention.base import AttentionMechanism
 from ..configs.base import EffzooConfig
+from .moe import Routing, SwitchRouter, dispatch, summarise_routing
+from .outputs import EffzooModelOutput
+from .ponder import HaltingUnits
+from .reversible import run_two_streams
 
 
 class EffzooEmbeddings(nn.Module):
@@ -122,6 +130,18 @@ class EffzooIntermediate(nn.Module):
         return self.intermediate_act_fn(self.dense(hidden_states))
 
 
+def apply_in_chunks(function: Any, chunk_size: int, hidden_states: torch.Tensor) -> torch.Tensor:
+    """``function`` over chunks of ``chunk_size`` positions (the last may be shorter), concatenated.
+
+    Transformers' ``chunk_size_feed_forward`` (the Reformer's chunked feed-forward): a position-wise
+    function gives the same result, with intermediate activations of chunk_size positions at a time.
+    Unlike ``apply_chunking_to_forward``, any length works. ``chunk_size`` 0: one call.
+    """
+    if not chunk_size or hidden_states.shape[1] <= chunk_size:
+        return function(hidden_states)
+    return torch.cat([function(chunk) for chunk in hidden_states.split(chunk_size, dim=1)], dim=1)
+
+
 class EffzooLayer(GradientCheckpointingLayer):
     """One post-LN transformer layer (BERT's): attention, then the (optionally chunked) feed-forward."""
 
@@ -142,20 +162,162 @@ class EffzooLayer(GradientCheckpointingLayer):
     ) -> torch.Tensor:
         # `past_key_values` keeps Transformers' name so that gradient checkpointing drops the cache.
         attention_output = self.attention(hidden_states, padding_mask, causal, past_key_values, **mechanism_inputs)
-        return apply_chunking_to_forward(self.feed_forward, self.chunk_size_feed_forward, 1, attention_output)
+        return apply_in_chunks(self.feed_forward, self.chunk_size_feed_forward, attention_output)
 
     def feed_forward(self, attention_output: torch.Tensor) -> torch.Tensor:
         return self.output(self.intermediate(attention_output), attention_output)
 
+    def feed_forward_branch(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None
+                            ) -> tuple[torch.Tensor, None]:
+        """The feed-forward without residual and LayerNorm (dense, dropout), for the reversible layers."""
+        def branch(chunk: torch.Tensor) -> torch.Tensor:
+            return self.output.dropout(self.output.dense(self.intermediate(chunk)))
+
+        return apply_in_chunks(branch, self.chunk_size_feed_forward, hidden_states), None
+
+
+class EffzooExpertOutput(nn.Module):
+    """An expert's down-projection, ``experts.K.output.dense`` (dropout and LayerNorm are the layer's)."""
+
+    def __init__(self, config: EffzooConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dense(hidden_states)
+
+
+class EffzooExpert(nn.Module):
+    """One expert: BERT's feed-forward, ``intermediate.dense`` -> activation -> ``output.dense``."""
+
+    def __init__(self, config: EffzooConfig) -> None:
+        super().__init__()
+        self.intermediate = EffzooIntermediate(config)
+        self.output = EffzooExpertOutput(config)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.output(self.intermediate(hidden_states))
+
+
+class EffzooMixtureOutput(nn.Module):
+    """dropout -> LayerNorm(x + residual) after the experts; ``output.LayerNorm`` as in BERT."""
+
+    def __init__(self, config: EffzooConfig) -> None:
+        super().__init__()
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(hidden_states) + residual)
+
+
+class EffzooMoELayer(GradientCheckpointingLayer):
+    """A post-LN layer whose feed-forward is a Switch mixture of experts (see ``moe.py``).
+
+    Returns ``(hidden_states, *routing)``, a flat tuple of tensors (so that every form of gradient
+    checkpointing carries the router's losses), where ``routing`` is a :class:`Routing`.
+    """
+
+    def __init__(self, config: EffzooConfig, mechanism_class: type[AttentionMechanism], layer_idx: int) -> None:
+        super().__init__()
+        self.attention = EffzooAttention(config, mechanism_class, layer_idx)
+        self.router = SwitchRouter(config)
+        self.experts = nn.ModuleList([EffzooExpert(config) for _ in range(config.num_experts)])
+        self.output = EffzooMixtureOutput(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        past_key_values: Any = None,
+        **mechanism_inputs: Any,
+    ) -> tuple[torch.Tensor, ...]:
+        attention_output = self.attention(hidden_states, padding_mask, causal, past_key_values, **mechanism_inputs)
+        mixture, routing = self.mixture(attention_output, padding_mask)
+        return (self.output(mixture, attention_output), *routing)
+
+    def mixture(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None
+                ) -> tuple[torch.Tensor, Routing]:
+        """Route and run the experts: the gated sum of the chosen experts' outputs, zeros where none served."""
+        routing = self.router(hidden_states, padding_mask)
+        return dispatch(hidden_states, routing, self.experts), routing
+
+    def feed_forward_branch(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None
+                            ) -> tuple[torch.Tensor, Routing]:
+        """The mixture without residual and LayerNorm (with dropout), for the reversible layers."""
+        mixture, routing = self.mixture(hidden_states, padding_mask)
+        return self.output.dropout(mixture), routing
+
+
+def make_layer(config: EffzooConfig, mechanism_class: type[AttentionMechanism], layer_idx: int) -> nn.Module:
+    """Layer ``layer_idx`` of the stack: a mixture-of-experts layer where ``config.is_moe_layer``, else BERT's."""
+    layer_class = EffzooMoELayer if config.is_moe_layer(layer_idx) else EffzooLayer
+    return layer_class(config, mechanism_class, layer_idx)
+
+
+def run_layer(
+    layer: nn.Module, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None, causal: bool, cache: Any,
+    mechanism_inputs: dict[str, Any],
+) -> tuple[torch.Tensor, Routing | None]:
+    """One layer's output and, for a mixture-of-experts layer, its routing."""
+    output = layer(hidden_states, padding_mask, causal, past_key_values=cache, **mechanism_inputs)
+    if isinstance(output, tuple):
+        return output[0], Routing(*output[1:])
+    return output, None
+
 
 class EffzooEncoder(nn.Module):
-    """The stack of layers."""
+    """The stack of layers (dense or mixture-of-experts, per ``config.is_moe_layer``).
+
+    With ``config.reversible`` the stack runs as Reformer's two streams (``reversible.py``), merged
+    at the end as ``LayerNorm((Y₁ + Y₂) / 2)``. ``recompute_reversible`` (default True) recomputes
+    activations in the backward pass; False keeps them (the same network, for comparison).
+    """
 
     def __init__(self, config: EffzooConfig, mechanism_class: type[AttentionMechanism]) -> None:
         super().__init__()
         self.layer = nn.ModuleList(
-            [EffzooLayer(config, mechanism_class, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+            [make_layer(config, mechanism_class, layer_idx) for layer_idx in range(config.num_hidden_layers)]
         )
+        self.reversible = config.reversible
+        if self.reversible:
+            self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.recompute_reversible = True
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        causal: bool,
+        cache: Any,
+        output_hidden_states: bool,
+        mechanism_inputs: dict[str, Any],
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[Routing]]:
+        """The last hidden states, every layer's (with the embeddings first) if asked, the routings."""
+        if self.reversible:
+            return self._two_streams(hidden_states, padding_mask, causal, cache, output_hidden_states,
+                                     mechanism_inputs)
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        routings = []
+        for layer in self.layer:
+            hidden_states, routing = run_layer(layer, hidden_states, padding_mask, causal, cache, mechanism_inputs)
+            if routing is not None:
+                routings.append(routing)
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
+        return hidden_states, all_hidden_states, routings
+
+    def _two_streams(self, hidden_states, padding_mask, causal, cache, output_hidden_states, mechanism_inputs):
+        stream_1, stream_2, routings, merged = run_two_streams(
+            self.layer, hidden_states, padding_mask, causal, cache, mechanism_inputs,
+            recompute=self.recompute_reversible, keep_layer_states=output_hidden_states,
+        )
+        last = self.LayerNorm((stream_1 + stream_2) / 2)
+        all_hidden_states = None
+        if output_hidden_states:
+            all_hidden_states = [hidden_states, *(self.LayerNorm(state) for state in merged[:-1]), last]
+        return last, all_hidden_states, routings
 
 
 class EffzooPooler(nn.Module):
@@ -215,7 +377,7 @@ class EffzooPreTrainedModel(PreTrainedModel):
     mechanism_class: type[AttentionMechanism] | None = None
     base_model_prefix = "bert"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["EffzooEmbeddings", "EffzooLayer"]
+    _no_split_modules = ["EffzooEmbeddings", "EffzooLayer", "EffzooMoELayer"]
     # Extra keyword inputs belong to the mechanism; Trainer must not send loss kwargs through them.
     accepts_loss_kwargs = False
 
@@ -228,6 +390,15 @@ class EffzooPreTrainedModel(PreTrainedModel):
             if base.__dict__.get("mechanism_class") is not None:
                 cls.config_class = base.__dict__["config_class"]
                 break
+
+    def _set_gradient_checkpointing(self, enable: bool = True, *args: Any, **kwargs: Any) -> None:
+        if enable and self.config.reversible:
+            raise ValueError(
+                "Gradient checkpointing cannot be enabled on a model with reversible=True: reversible layers "
+                "already recompute their activations in the backward pass. Leave gradient checkpointing off "
+                "(no --gradient-checkpointing), or use a model with reversible=False."
+            )
+        super()._set_gradient_checkpointing(enable, *args, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """Transformers' save, plus ``auto_map`` and the code module it points to.
@@ -252,12 +423,17 @@ class EffzooPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """BERT's initialisation, plus each mechanism's own parameters (``reset_parameters``)."""
+        """BERT's initialisation, plus each mechanism's own parameters (``reset_parameters``), the
+        routers (normal(0, initializer_range)) and the halting units (see ``ponder.py``)."""
         super()._init_weights(module)
         if isinstance(module, AttentionMechanism) and hasattr(module, "reset_parameters"):
             module.reset_parameters()
         elif isinstance(module, EffzooLMPredictionHead):
             init.zeros_(module.bias)
+        elif isinstance(module, SwitchRouter):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, HaltingUnits):
+            module.reset_parameters()
 
 
 def _positions_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
@@ -305,9 +481,43 @@ class EffzooModel(EffzooPreTrainedModel):
         past_key_values: Any = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
         **mechanism_inputs: Any,
-    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
+    ) -> EffzooModelOutput:
         """Encode a batch. Extra keyword inputs go to the mechanism, which must declare them."""
+        hidden_states, padding_mask, causal, past_key_values, use_cache = self.embed(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, past_key_values, use_cache,
+            mechanism_inputs,
+        )
+        hidden_states, all_hidden_states, routings = self.encoder(
+            hidden_states, padding_mask, causal, past_key_values, bool(output_hidden_states), mechanism_inputs
+        )
+        router = summarise_routing(routings) or {}
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        return EffzooModelOutput(
+            last_hidden_state=hidden_states,
+            pooler_output=self.pooler(hidden_states) if self.pooler is not None else None,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+            aux_loss=router.get("aux_loss"),
+            z_loss=router.get("z_loss"),
+            router_logits=router.get("router_logits") if output_router_logits else None,
+            dropped_tokens=router.get("dropped_tokens"),
+        )
+
+    def embed(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        past_key_values: Any,
+        use_cache: bool | None,
+        mechanism_inputs: dict[str, Any],
+    ) -> tuple[torch.Tensor, torch.Tensor | None, bool, Any, bool]:
+        """Check the inputs and embed them: (hidden states, padding mask or None, causal, cache, use_cache)."""
         batch, length = _input_shape(input_ids, inputs_embeds)
         self._check_mechanism_inputs(mechanism_inputs)
         causal = self.config.is_decoder
@@ -336,21 +546,7 @@ class EffzooModel(EffzooPreTrainedModel):
         padding_mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
             padding_mask = attention_mask.bool()
-
-        all_hidden_states = [hidden_states] if output_hidden_states else None
-        for layer in self.encoder.layer:
-            hidden_states = layer(
-                hidden_states, padding_mask, causal, past_key_values=past_key_values, **mechanism_inputs
-            )
-            if all_hidden_states is not None:
-                all_hidden_states.append(hidden_states)
-
-        return BaseModelOutputWithPoolingAndCrossAttentions(
-            last_hidden_state=hidden_states,
-            pooler_output=self.pooler(hidden_states) if self.pooler is not None else None,
-            past_key_values=past_key_values if use_cache else None,
-            hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
-        )
+        return hidden_states, padding_mask, causal, past_key_values, use_cache
 
     def _check_mechanism_inputs(self, mechanism_inputs: dict[str, Any]) -> None:
         if mechanism_inputs.pop("output_attentions", False):

@@ -2,6 +2,11 @@
 
 A variant declares e.g. ``class FullForMaskedLM(EffzooForMaskedLM, FullPreTrainedModel)``;
 the head builds the shared backbone with that variant's mechanism.
+
+With a mixture-of-experts backbone every head adds ``router_aux_loss_coef`` × the balance loss
+and ``router_z_loss_coef`` × the z-loss to ``loss`` when labels are given, and returns them (and
+the router logits when ``output_router_logits``). With ``ponder=True`` the sequence-classification
+and multiple-choice heads are PonderNet's (see ``ponder.py``); the other heads refuse it.
 """
 
 from __future__ import annotations
@@ -11,20 +16,23 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from torch.nn import functional as F
 from transformers import GenerationMixin
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPoolingAndCrossAttentions,
-    CausalLMOutputWithCrossAttentions,
-    MaskedLMOutput,
-    MultipleChoiceModelOutput,
-    QuestionAnsweringModelOutput,
-    SequenceClassifierOutput,
-    TokenClassifierOutput,
-)
 from transformers.utils.generic import can_return_tuple
 
 from ..configs.base import EffzooConfig
-from .backbone import EffzooLMHead, EffzooModel, EffzooPreTrainedModel
+from .backbone import EffzooLMHead, EffzooModel, EffzooPreTrainedModel, run_layer
+from .moe import summarise_routing
+from .outputs import (
+    EffzooCausalLMOutput,
+    EffzooMaskedLMOutput,
+    EffzooModelOutput,
+    EffzooMultipleChoiceOutput,
+    EffzooQuestionAnsweringOutput,
+    EffzooSequenceClassifierOutput,
+    EffzooTokenClassifierOutput,
+)
+from .ponder import HaltingUnits, Readout, halting_distribution, ponder_loss, run_with_early_exit
 
 _TIED_LM_WEIGHTS = {
     "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
@@ -32,17 +40,36 @@ _TIED_LM_WEIGHTS = {
 }
 
 
+def router_fields(outputs: EffzooModelOutput) -> dict[str, Any]:
+    """The router's outputs a head passes on (all None without experts)."""
+    return {"aux_loss": outputs.aux_loss, "z_loss": outputs.z_loss, "router_logits": outputs.router_logits}
+
+
 class EffzooHead(EffzooPreTrainedModel):
     """Common plumbing of the heads: the backbone under ``bert`` and the call into it."""
 
     add_pooling_layer = True
+    #: Whether the head implements PonderNet's adaptive depth (``config.ponder``).
+    supports_ponder = False
 
     def __init__(self, config: EffzooConfig) -> None:
+        if config.ponder and not self.supports_ponder:
+            raise ValueError(
+                f"ponder=True is not supported by {type(self).__name__}: PonderNet's adaptive depth needs one "
+                "prediction per example, which the ForSequenceClassification and ForMultipleChoice heads make. "
+                "Set ponder=False for this head."
+            )
         super().__init__(config)
         self.bert = EffzooModel(config, add_pooling_layer=self.add_pooling_layer, mechanism_class=self.mechanism_class)
 
-    def encode(self, **inputs: Any) -> BaseModelOutputWithPoolingAndCrossAttentions:
+    def encode(self, **inputs: Any) -> EffzooModelOutput:
         return self.bert(**inputs, return_dict=True)
+
+    def with_router_losses(self, loss: torch.Tensor | None, outputs: EffzooModelOutput) -> torch.Tensor | None:
+        """``loss`` plus the weighted router losses of a mixture-of-experts backbone (Switch's total loss)."""
+        if loss is None or outputs.aux_loss is None:
+            return loss
+        return loss + self.config.router_aux_loss_coef * outputs.aux_loss + self.config.router_z_loss_coef * outputs.z_loss
 
     def classifier_dropout(self) -> nn.Dropout:
         dropout = self.config.classifier_dropout
@@ -81,18 +108,20 @@ class EffzooForMaskedLM(_LanguageModelHead):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
         **mechanism_inputs: Any,
-    ) -> MaskedLMOutput:
+    ) -> EffzooMaskedLMOutput:
         outputs = self.encode(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states, **mechanism_inputs,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states,
+            output_router_logits=output_router_logits, **mechanism_inputs,
         )
         logits = self.cls(outputs.last_hidden_state)
         loss = None
         if labels is not None:
             loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return EffzooMaskedLMOutput(loss=self.with_router_losses(loss, outputs), logits=logits,
+                                    hidden_states=outputs.hidden_states, **router_fields(outputs))
 
 
 class EffzooForCausalLM(_LanguageModelHead, GenerationMixin):
@@ -127,14 +156,15 @@ class EffzooForCausalLM(_LanguageModelHead, GenerationMixin):
         past_key_values: Any = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
         logits_to_keep: int = 0,
         **mechanism_inputs: Any,
-    ) -> CausalLMOutputWithCrossAttentions:
+    ) -> EffzooCausalLMOutput:
         outputs = self.encode(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, inputs_embeds=inputs_embeds, past_key_values=past_key_values,
-            use_cache=False if labels is not None else use_cache,
-            output_hidden_states=output_hidden_states, **mechanism_inputs,
+            use_cache=False if labels is not None else use_cache, output_hidden_states=output_hidden_states,
+            output_router_logits=output_router_logits, **mechanism_inputs,
         )
         hidden_states = outputs.last_hidden_state
         if logits_to_keep:
@@ -143,21 +173,29 @@ class EffzooForCausalLM(_LanguageModelHead, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
-        return CausalLMOutputWithCrossAttentions(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        return EffzooCausalLMOutput(
+            loss=self.with_router_losses(loss, outputs), logits=logits, past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states, **router_fields(outputs),
         )
 
 
-def sequence_classification_loss(config: EffzooConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """BERT's rule: regression for one label, cross-entropy for integer labels, else multi-label BCE."""
-    num_labels = config.num_labels
+def problem_type(config: EffzooConfig, labels: torch.Tensor) -> str:
+    """BERT's rule, recorded in the config: regression for one label, single-label for integer labels,
+    else multi-label."""
     if config.problem_type is None:
-        if num_labels == 1:
+        if config.num_labels == 1:
             config.problem_type = "regression"
         elif labels.dtype in (torch.long, torch.int):
             config.problem_type = "single_label_classification"
         else:
             config.problem_type = "multi_label_classification"
+    return config.problem_type
+
+
+def sequence_classification_loss(config: EffzooConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BERT's rule: regression for one label, cross-entropy for integer labels, else multi-label BCE."""
+    num_labels = config.num_labels
+    problem_type(config, labels)
     if config.problem_type == "regression":
         if num_labels == 1:
             return MSELoss()(logits.squeeze(), labels.squeeze().to(logits.dtype))
@@ -167,7 +205,100 @@ def sequence_classification_loss(config: EffzooConfig, logits: torch.Tensor, lab
     return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
 
 
-class EffzooForSequenceClassification(EffzooHead):
+def per_example_classification_loss(config: EffzooConfig, logits: torch.Tensor, labels: torch.Tensor
+                                    ) -> torch.Tensor:
+    """The loss of :func:`sequence_classification_loss` for each example, not averaged over them."""
+    kind = problem_type(config, labels)
+    batch = logits.shape[0]
+    if kind == "regression":
+        return (logits.reshape(batch, -1) - labels.to(logits.dtype).reshape(batch, -1)).square().mean(-1)
+    if kind == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1), reduction="none")
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none").mean(-1)
+
+
+class _PonderHead(EffzooHead):
+    """A head with one prediction per example, which can be PonderNet's (``config.ponder``, ``ponder.py``).
+
+    Training (``model.train()``) runs every layer and, given labels, returns PonderNet's loss; the
+    logits are the last layer's. Inference (``model.eval()``) runs each example until it halts and
+    returns that layer's prediction, the task loss of those predictions, and ``layers_used``.
+    """
+
+    supports_ponder = True
+
+    def add_halting_units(self, config: EffzooConfig) -> None:
+        if config.ponder:
+            self.halting = HaltingUnits(config)
+
+    def layer_losses(self, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of each example's prediction (examples,)."""
+        raise NotImplementedError
+
+    def task_loss(self, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def ponder(self, inputs: dict[str, Any], labels: torch.Tensor | None, output_hidden_states: bool | None,
+               output_router_logits: bool | None, mechanism_inputs: dict[str, Any], readout: Readout,
+               rows_per_example: int = 1) -> dict[str, Any]:
+        """The output fields of PonderNet's forward; ``readout`` maps a layer's hidden states to
+        (predictions per example, halting features per example)."""
+        config = self.config
+        if self.training:
+            outputs = self.encode(**inputs, output_hidden_states=True, output_router_logits=output_router_logits,
+                                  **mechanism_inputs)
+            readouts = [readout(state) for state in outputs.hidden_states[1:]]
+            predictions = torch.stack([prediction for prediction, _ in readouts], dim=1)
+            halting = torch.stack([self.halting(index, features) for index, (_, features) in enumerate(readouts)], 1)
+            probabilities = halting_distribution(halting)
+            loss = None
+            if labels is not None:
+                losses = torch.stack([self.layer_losses(predictions[:, n], labels)
+                                      for n in range(predictions.shape[1])], dim=1)
+                loss = ponder_loss(losses, probabilities, config.ponder_lambda_prior, config.ponder_beta)
+            return {
+                "loss": self.with_router_losses(loss, outputs), "logits": predictions[:, -1],
+                "hidden_states": outputs.hidden_states if output_hidden_states else None, **router_fields(outputs),
+                "halting_probabilities": probabilities,
+                "layers_used": torch.full((predictions.shape[0],), predictions.shape[1], dtype=torch.long,
+                                          device=predictions.device),
+            }
+
+        if output_hidden_states:
+            raise ValueError(
+                "output_hidden_states=True is not available with ponder=True in evaluation mode: each example "
+                "stops at its own layer. Call model.train() to run every layer, or leave output_hidden_states off."
+            )
+        bert = self.bert
+        hidden_states, padding_mask, causal, _, _ = bert.embed(
+            inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], inputs["position_ids"],
+            inputs["inputs_embeds"], None, False, mechanism_inputs,
+        )
+        routings = []
+
+        def run(index: int, states: torch.Tensor, mask: torch.Tensor | None, row_inputs: dict[str, Any]):
+            states, routing = run_layer(bert.encoder.layer[index], states, mask, causal, None, row_inputs)
+            if routing is not None:
+                routings.append(routing)
+            return states
+
+        predictions, layers_used, probabilities = run_with_early_exit(
+            run, config.num_hidden_layers, hidden_states, padding_mask, mechanism_inputs, readout, self.halting,
+            rows_per_example=rows_per_example, threshold=config.ponder_threshold, sample=config.ponder_sample,
+        )
+        router = summarise_routing(routings) or {}
+        loss = self.task_loss(predictions, labels) if labels is not None else None
+        if loss is not None and router:
+            loss = loss + config.router_aux_loss_coef * router["aux_loss"] + config.router_z_loss_coef * router["z_loss"]
+        show_logits = config.output_router_logits if output_router_logits is None else output_router_logits
+        return {
+            "loss": loss, "logits": predictions, "aux_loss": router.get("aux_loss"), "z_loss": router.get("z_loss"),
+            "router_logits": router.get("router_logits") if show_logits else None,
+            "halting_probabilities": probabilities, "layers_used": layers_used,
+        }
+
+
+class EffzooForSequenceClassification(_PonderHead):
     """Classification or regression on the pooled first token (``config.problem_type`` as in BERT)."""
 
     def __init__(self, config: EffzooConfig) -> None:
@@ -175,7 +306,18 @@ class EffzooForSequenceClassification(EffzooHead):
         self.num_labels = config.num_labels
         self.dropout = self.classifier_dropout()
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.add_halting_units(config)
         self.post_init()
+
+    def readout(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.bert.pooler(hidden_states)
+        return self.classifier(self.dropout(pooled)), pooled
+
+    def layer_losses(self, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return per_example_classification_loss(self.config, predictions, labels)
+
+    def task_loss(self, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return sequence_classification_loss(self.config, predictions, labels)
 
     @can_return_tuple
     def forward(
@@ -187,16 +329,20 @@ class EffzooForSequenceClassification(EffzooHead):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
         **mechanism_inputs: Any,
-    ) -> SequenceClassifierOutput:
-        outputs = self.encode(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states, **mechanism_inputs,
-        )
+    ) -> EffzooSequenceClassifierOutput:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                  "position_ids": position_ids, "inputs_embeds": inputs_embeds}
+        if self.config.ponder:
+            return EffzooSequenceClassifierOutput(**self.ponder(
+                inputs, labels, output_hidden_states, output_router_logits, mechanism_inputs, self.readout))
+        outputs = self.encode(**inputs, output_hidden_states=output_hidden_states,
+                              output_router_logits=output_router_logits, **mechanism_inputs)
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = sequence_classification_loss(self.config, logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return EffzooSequenceClassifierOutput(loss=self.with_router_losses(loss, outputs), logits=logits,
+                                              hidden_states=outputs.hidden_states, **router_fields(outputs))
 
 
 class EffzooForTokenClassification(EffzooHead):
@@ -221,18 +367,20 @@ class EffzooForTokenClassification(EffzooHead):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
         **mechanism_inputs: Any,
-    ) -> TokenClassifierOutput:
+    ) -> EffzooTokenClassifierOutput:
         outputs = self.encode(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states, **mechanism_inputs,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states,
+            output_router_logits=output_router_logits, **mechanism_inputs,
         )
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
             loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return EffzooTokenClassifierOutput(loss=self.with_router_losses(loss, outputs), logits=logits,
+                                           hidden_states=outputs.hidden_states, **router_fields(outputs))
 
 
 class EffzooForQuestionAnswering(EffzooHead):
@@ -257,12 +405,13 @@ class EffzooForQuestionAnswering(EffzooHead):
         start_positions: torch.Tensor | None = None,
         end_positions: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
         **mechanism_inputs: Any,
-    ) -> QuestionAnsweringModelOutput:
+    ) -> EffzooQuestionAnsweringOutput:
         outputs = self.encode(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states, **mechanism_inputs,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states,
+            output_router_logits=output_router_logits, **mechanism_inputs,
         )
         start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1)
         start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
@@ -274,19 +423,36 @@ class EffzooForQuestionAnswering(EffzooHead):
             end_positions = end_positions.view(-1).clamp(0, ignored_index)
             loss_fct = CrossEntropyLoss(ignore_index=ignored_index)
             loss = (loss_fct(start_logits, start_positions) + loss_fct(end_logits, end_positions)) / 2
-        return QuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=outputs.hidden_states
+        return EffzooQuestionAnsweringOutput(
+            loss=self.with_router_losses(loss, outputs), start_logits=start_logits, end_logits=end_logits,
+            hidden_states=outputs.hidden_states, **router_fields(outputs),
         )
 
 
-class EffzooForMultipleChoice(EffzooHead):
-    """Scores each of ``num_choices`` candidates: inputs of shape (batch, num_choices, length)."""
+class EffzooForMultipleChoice(_PonderHead):
+    """Scores each of ``num_choices`` candidates: inputs of shape (batch, num_choices, length).
+
+    With ``ponder=True`` a question halts as a whole: its halting features are the mean of its
+    choices' pooled states.
+    """
 
     def __init__(self, config: EffzooConfig) -> None:
         super().__init__(config)
         self.dropout = self.classifier_dropout()
         self.classifier = nn.Linear(config.hidden_size, 1)
+        self.add_halting_units(config)
         self.post_init()
+
+    def readout(self, hidden_states: torch.Tensor, num_choices: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.bert.pooler(hidden_states)
+        scores = self.classifier(self.dropout(pooled)).view(-1, num_choices)
+        return scores, pooled.view(scores.shape[0], num_choices, -1).mean(dim=1)
+
+    def layer_losses(self, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(predictions, labels, reduction="none")
+
+    def task_loss(self, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return CrossEntropyLoss()(predictions, labels)
 
     @can_return_tuple
     def forward(
@@ -298,8 +464,9 @@ class EffzooForMultipleChoice(EffzooHead):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
         **mechanism_inputs: Any,
-    ) -> MultipleChoiceModelOutput:
+    ) -> EffzooMultipleChoiceOutput:
         reference = input_ids if input_ids is not None else inputs_embeds
         if reference is None or reference.dim() < 3:
             raise ValueError(
@@ -311,12 +478,17 @@ class EffzooForMultipleChoice(EffzooHead):
         def flat(x: torch.Tensor | None, trailing: int = 1) -> torch.Tensor | None:
             return None if x is None else x.reshape(-1, *x.shape[x.dim() - trailing :])
 
-        outputs = self.encode(
-            input_ids=flat(input_ids), attention_mask=flat(attention_mask), token_type_ids=flat(token_type_ids),
-            position_ids=flat(position_ids), inputs_embeds=flat(inputs_embeds, trailing=2),
-            output_hidden_states=output_hidden_states,
-            **{name: flat(value) for name, value in mechanism_inputs.items()},
-        )
+        inputs = {"input_ids": flat(input_ids), "attention_mask": flat(attention_mask),
+                  "token_type_ids": flat(token_type_ids), "position_ids": flat(position_ids),
+                  "inputs_embeds": flat(inputs_embeds, trailing=2)}
+        mechanism_inputs = {name: flat(value) for name, value in mechanism_inputs.items()}
+        if self.config.ponder:
+            return EffzooMultipleChoiceOutput(**self.ponder(
+                inputs, labels, output_hidden_states, output_router_logits, mechanism_inputs,
+                lambda states: self.readout(states, num_choices), rows_per_example=num_choices))
+        outputs = self.encode(**inputs, output_hidden_states=output_hidden_states,
+                              output_router_logits=output_router_logits, **mechanism_inputs)
         logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)
         loss = CrossEntropyLoss()(logits, labels) if labels is not None else None
-        return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return EffzooMultipleChoiceOutput(loss=self.with_router_losses(loss, outputs), logits=logits,
+                                          hidden_states=outputs.hidden_states, **router_fields(outputs))

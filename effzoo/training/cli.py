@@ -24,6 +24,14 @@ def _common(parser: argparse.ArgumentParser, *, data_help: str) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
 
+def _optimizer_flags(parser: argparse.ArgumentParser) -> None:
+    # No `choices`: an unknown name is a ValueError that lists the known ones (effzoo.training.optimizers).
+    parser.add_argument("--optimizer", default="adamw",
+                        help="adamw (Trainer's default), radam, lookahead_adamw or lookahead_radam")
+    parser.add_argument("--lookahead-k", type=int, default=5, help="Lookahead: fast steps per slow step")
+    parser.add_argument("--lookahead-alpha", type=float, default=0.5, help="Lookahead: slow step size in (0, 1]")
+
+
 def add_finetune_parser(commands: Any) -> None:
     parser = commands.add_parser("finetune", help="fine-tune a variant on a task with Trainer",
                                  description="Fine-tune an effzoo checkpoint (or a converted BERT) with Trainer.")
@@ -42,6 +50,17 @@ def add_finetune_parser(commands: Any) -> None:
     parser.add_argument("--max-eval-samples", type=int)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--ponder", action="store_true",
+                        help="PonderNet adaptive depth (sequence classification, multiple choice): the test "
+                             "results report mean_layers_used")
+    parser.add_argument("--ponder-threshold", type=float, help="exit where the cumulative halting probability "
+                                                                  "passes this (default 0.5)")
+    parser.add_argument("--ponder-lambda-prior", type=float, help="halting probability of the geometric prior "
+                                                                     "(default 0.2)")
+    parser.add_argument("--ponder-beta", type=float, help="weight of the KL term (default 0.01)")
+    parser.add_argument("--eval-steps", type=int,
+                        help="evaluate and checkpoint every N steps instead of every epoch (denser validation curves)")
+    _optimizer_flags(parser)
     _common(parser, data_help="labelled data")
 
 
@@ -57,6 +76,9 @@ def run_finetune(args: argparse.Namespace) -> None:
         seed=args.seed, max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
         gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16,
         resume_from_checkpoint=args.resume_from_checkpoint, overwrite=args.overwrite, progress=args.progress,
+        optimizer=args.optimizer, lookahead_k=args.lookahead_k, lookahead_alpha=args.lookahead_alpha,
+        ponder=args.ponder, ponder_threshold=args.ponder_threshold, ponder_lambda_prior=args.ponder_lambda_prior,
+        ponder_beta=args.ponder_beta, eval_steps=args.eval_steps,
     )
     _print_results(finetune(config))
 
@@ -73,6 +95,7 @@ def add_pretrain_parser(commands: Any) -> None:
     parser.add_argument("--mlm-probability", type=float, default=0.15)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--bf16", action="store_true")
+    _optimizer_flags(parser)
     _common(parser, data_help="unlabelled text")
 
 
@@ -85,7 +108,8 @@ def run_pretrain(args: argparse.Namespace) -> None:
         mlm_probability=args.mlm_probability, max_steps=args.max_steps, batch_size=args.batch_size,
         learning_rate=args.learning_rate, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing,
         bf16=args.bf16, resume_from_checkpoint=args.resume_from_checkpoint, overwrite=args.overwrite,
-        progress=args.progress,
+        progress=args.progress, optimizer=args.optimizer, lookahead_k=args.lookahead_k,
+        lookahead_alpha=args.lookahead_alpha,
     )
     _print_results(pretrain(config))
 

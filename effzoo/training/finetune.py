@@ -14,15 +14,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
-from transformers import AutoTokenizer, Trainer, TrainingArguments
+from transformers import AutoTokenizer, EvalPrediction, Trainer, TrainingArguments
 
+from ..configs.base import EffzooConfig
 from ..hub.provenance import read_provenance, record_provenance
 from ..outputs import check_output_dir, peak_memory_mib
 from .data import load_data, require_columns
 from .models import convert_for_training
+from .optimizers import check_optimizer, optimizer_cls_and_kwargs
 from .tasks import Columns, get_task
+
+#: Tasks whose head can be PonderNet's (``--ponder``).
+PONDER_TASKS = ("sequence-classification", "multiple-choice")
 
 
 @dataclass
@@ -53,14 +59,27 @@ class FinetuneConfig:
     logging_steps: int = 10
     progress: bool = True
     callbacks: list = field(default_factory=list)
+    optimizer: str = "adamw"
+    lookahead_k: int = 5
+    lookahead_alpha: float = 0.5
+    ponder: bool = False
+    ponder_threshold: float | None = None
+    ponder_lambda_prior: float | None = None
+    ponder_beta: float | None = None
+    eval_steps: int | None = None
 
 
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Train, keep the best checkpoint, evaluate on the test split; return and save the results."""
     output = Path(config.output_dir)
     check_output_dir(output, config.overwrite, resuming=bool(config.resume_from_checkpoint))
+    check_optimizer(config.optimizer, config.lookahead_k, config.lookahead_alpha)
     transformers.set_seed(config.seed)
     task = get_task(config.task)
+    if config.ponder and task.name not in PONDER_TASKS:
+        raise ValueError(f"--ponder works with --task {' or '.join(PONDER_TASKS)} (one prediction per example); "
+                         f"got --task {task.name}. Drop --ponder for this task.")
+    EffzooConfig(**_ponder_settings(config))  # checks the settings now, before any work
     data = load_data(config.data, seed=config.seed)
     require_columns(data, task.required(config.columns), task.name)
     data = _subsample(data, config)
@@ -78,22 +97,26 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
             f"--max-position-embeddings {config.max_length} --output DIR`."
         )
     prepared = task.prepare(data, tokenizer, config.columns, config.max_length)
-    model = auto_class.from_pretrained(model_path, **prepared.model_kwargs)
+    model = auto_class.from_pretrained(model_path, **prepared.model_kwargs, **_ponder_settings(config))
 
+    args = _training_arguments(config, prepared.metric_for_best_model, has_validation="validation" in data)
     trainer = Trainer(
         model=model,
-        args=_training_arguments(config, prepared.metric_for_best_model, has_validation="validation" in data),
+        args=args,
         train_dataset=prepared.data["train"],
         eval_dataset=prepared.data.get("validation"),
         data_collator=prepared.collator,
         processing_class=tokenizer,
-        compute_metrics=prepared.compute_metrics,
+        compute_metrics=_with_layers_used(prepared.compute_metrics) if config.ponder else prepared.compute_metrics,
         callbacks=config.callbacks,
+        optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(config.optimizer, args, config.lookahead_k,
+                                                          config.lookahead_alpha),
     )
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     training_seconds = time.perf_counter() - started
     trainer.save_model(str(output))
+    trainer.save_state()  # trainer_state.json: the training and validation losses logged along the way
 
     results: dict[str, Any] = {
         "task": task.name,
@@ -120,6 +143,26 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     return results
 
 
+def _ponder_settings(config: FinetuneConfig) -> dict[str, Any]:
+    """Config fields that make the head PonderNet's (``--ponder`` and its settings)."""
+    if not config.ponder:
+        return {}
+    settings = {"ponder_threshold": config.ponder_threshold, "ponder_lambda_prior": config.ponder_lambda_prior,
+                "ponder_beta": config.ponder_beta}
+    return {"ponder": True, **{key: value for key, value in settings.items() if value is not None}}
+
+
+def _with_layers_used(compute_metrics: Any) -> Any:
+    """The task's metrics plus ``mean_layers_used``, from a PonderNet head's (logits, layers_used) predictions."""
+
+    def compute(prediction: EvalPrediction) -> dict[str, float]:
+        logits, layers_used = prediction.predictions
+        metrics = compute_metrics(EvalPrediction(predictions=logits, label_ids=prediction.label_ids))
+        return {**metrics, "mean_layers_used": float(np.mean(layers_used))}
+
+    return compute
+
+
 def _record(output: Path, model_path: str, config: FinetuneConfig, task: Any, metrics: dict[str, float],
             split: str) -> None:
     """Provenance for the model card: what it came from, how it was trained, what it scored."""
@@ -134,6 +177,10 @@ def _record(output: Path, model_path: str, config: FinetuneConfig, task: Any, me
     ]
     settings = {"epochs": config.epochs, "learning_rate": config.learning_rate, "batch_size": config.batch_size,
                 "max_length": config.max_length, "seed": config.seed}
+    if config.optimizer != "adamw":
+        settings["optimizer"] = config.optimizer
+    if config.ponder:
+        settings["ponder"] = True
     inherited = read_provenance(model_path) if Path(model_path).is_dir() else {}
     record_provenance(output, **inherited, training={"task": task.name, "data": data_name, "settings": settings},
                       results=results)
@@ -149,6 +196,9 @@ def _subsample(data, config: FinetuneConfig):
 
 def _training_arguments(config: FinetuneConfig, best_metric: str, has_validation: bool) -> TrainingArguments:
     strategy = "epoch" if has_validation and config.save_checkpoints else "no"
+    every = {}
+    if strategy != "no" and config.eval_steps:  # evaluate (and checkpoint) every eval_steps instead
+        strategy, every = "steps", {"eval_steps": config.eval_steps, "save_steps": config.eval_steps}
     return TrainingArguments(
         output_dir=config.output_dir,
         num_train_epochs=config.epochs,
@@ -161,6 +211,7 @@ def _training_arguments(config: FinetuneConfig, best_metric: str, has_validation
         seed=config.seed,
         eval_strategy=strategy,
         save_strategy=strategy,
+        **every,
         save_total_limit=2 if strategy != "no" else None,
         load_best_model_at_end=strategy != "no",
         metric_for_best_model=best_metric if strategy != "no" else None,

@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer
 from ..outputs import check_output_dir
 from .data import load_data
 from .models import convert_for_training
+from .optimizers import check_optimizer, optimizer_cls_and_kwargs
 
 OBJECTIVES = ("mlm", "clm")
 
@@ -51,6 +52,9 @@ class PretrainConfig:
     save_steps: int = 500
     logging_steps: int = 10
     progress: bool = True
+    optimizer: str = "adamw"
+    lookahead_k: int = 5
+    lookahead_alpha: float = 0.5
 
 
 def pack_texts(texts: list[str], tokenizer, block_length: int) -> dict[str, list[list[int]]]:
@@ -72,6 +76,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {config.objective!r}.")
     output = Path(config.output_dir)
     check_output_dir(output, config.overwrite, resuming=bool(config.resume_from_checkpoint))
+    check_optimizer(config.optimizer, config.lookahead_k, config.lookahead_alpha)
     transformers.set_seed(config.seed)
     data = load_data(config.data, seed=config.seed)
     model_path = convert_for_training(config.model, config.convert_to, config.max_length, output,
@@ -100,7 +105,9 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=config.objective == "mlm",
                                                mlm_probability=config.mlm_probability, seed=config.seed)
     trainer = Trainer(model=model, args=args, train_dataset=splits["train"], eval_dataset=splits["validation"],
-                      data_collator=collator, processing_class=tokenizer)
+                      data_collator=collator, processing_class=tokenizer,
+                      optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(config.optimizer, args, config.lookahead_k,
+                                                                        config.lookahead_alpha))
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     results = {"objective": config.objective, "variant": model.config.model_type, "max_length": config.max_length,
