@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -148,3 +149,8 @@ def test_non_empty_output_is_refused(tiny_bert, tmp_path, classification_csv):
     with pytest.raises(ValueError, match="not empty; pass --overwrite"):
         run(tiny_bert, tmp_path, classification_csv)
     assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
+
+
+def test_bf16_and_gradient_checkpointing_train_on_cpu(tiny_bert, tmp_path, classification_csv):
+    results = run(tiny_bert, tmp_path, classification_csv, epochs=1, bf16=True, gradient_checkpointing=True)
+    assert 0.0 <= results["validation_accuracy"] <= 1.0 and math.isfinite(results["validation_loss"])
