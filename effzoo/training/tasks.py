@@ -78,8 +78,12 @@ def _check_labels(data: DatasetDict, column: str, label2id: dict[str, int], flat
             )
 
 
-def _count_truncated(lengths: list[int], max_length: int) -> int:
-    return sum(length > max_length for length in lengths)
+def _map_counting_truncation(data: DatasetDict, encode: Any, max_length: int) -> tuple[DatasetDict, int]:
+    """Tokenize every split with ``encode`` (which records each row's untruncated ``full_length``);
+    return the tokenized splits and how many rows ``max_length`` cut."""
+    tokenized = data.map(encode, batched=True, remove_columns=data["train"].column_names)
+    truncated = sum(sum(length > max_length for length in part["full_length"]) for part in tokenized.values())
+    return tokenized.remove_columns("full_length"), truncated
 
 
 class SequenceClassification:
@@ -116,9 +120,7 @@ class SequenceClassification:
             encoded["labels"] = [self._label(value, problem_type, label2id) for value in batch[columns.label]]
             return encoded
 
-        tokenized = data.map(encode, batched=True, remove_columns=data["train"].column_names)
-        truncated = sum(_count_truncated(part["full_length"], max_length) for part in tokenized.values())
-        tokenized = tokenized.remove_columns("full_length")
+        tokenized, truncated = _map_counting_truncation(data, encode, max_length)
         model_kwargs = {"problem_type": problem_type, "num_labels": len(names) if names else 1}
         if names:
             model_kwargs.update(id2label=dict(enumerate(names)), label2id=label2id)
@@ -173,9 +175,7 @@ class TokenClassification:
                 encoded["labels"].append(labels)
             return encoded
 
-        tokenized = data.map(encode, batched=True, remove_columns=data["train"].column_names)
-        truncated = sum(_count_truncated(part["full_length"], max_length) for part in tokenized.values())
-        tokenized = tokenized.remove_columns("full_length")
+        tokenized, truncated = _map_counting_truncation(data, encode, max_length)
         model_kwargs = {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": label2id}
         return PreparedTask(tokenized, model_kwargs, DataCollatorForTokenClassification(tokenizer),
                             _token_metrics, "f1", truncated)
@@ -212,9 +212,7 @@ class MultipleChoice:
             encoded["labels"] = [int(label) for label in batch[columns.label]]
             return encoded
 
-        tokenized = data.map(encode, batched=True, remove_columns=data["train"].column_names)
-        truncated = sum(_count_truncated(part["full_length"], max_length) for part in tokenized.values())
-        tokenized = tokenized.remove_columns("full_length")
+        tokenized, truncated = _map_counting_truncation(data, encode, max_length)
         return PreparedTask(tokenized, {}, DataCollatorForMultipleChoice(tokenizer), _classification_metrics,
                             "accuracy", truncated)
 
