@@ -27,7 +27,7 @@ from transformers import PreTrainedConfig
 
 from ..attention.base import AttentionMechanism
 from ..configs.base import EffzooConfig
-from ..modeling.backbone import EffzooLayer, EffzooModel, EffzooPreTrainedModel
+from ..modeling.backbone import EffzooModel, EffzooPreTrainedModel, make_layer, run_layer
 from ..modeling.heads import EffzooForCausalLM
 
 #: Fields the harness sets from its own flags (sizes, lengths, dropout 0); ``--set`` may not touch them.
@@ -285,9 +285,16 @@ def _effzoo_implementation(name: str, kind: str, description: str, config_class:
     make_config = _effzoo_config(config_class)
 
     def build_layer(task: Task) -> Workload:
-        layer = EffzooLayer(make_config(task), mechanism_class, 0)
+        config = make_config(task)
+        if config.reversible:
+            raise ValueError("reversible=true acts on the whole stack of layers, not on one layer: add --model "
+                             "(and --model-layers N) to measure a reversible model.")
+        # The backbone's own layer factory, so that backbone options apply (``--set num_experts=8``
+        # measures a mixture-of-experts layer: the first MoE layer of the stack).
+        layer_idx = config.encoder_sparse_step - 1 if config.num_experts else 0
+        layer = make_layer(config, mechanism_class, layer_idx)
         _reset_mechanisms(layer)
-        return _layer_workload(layer, task, lambda module, hidden: module(hidden))
+        return _layer_workload(layer, task, lambda module, hidden: run_layer(module, hidden, None, False, None, {})[0])
 
     def build_model(task: Task) -> Workload:
         return _model_workload(model_class(make_config(task)), task)

@@ -237,3 +237,30 @@ def test_a_whole_small_model_is_measured_with_the_model_flag(tmp_path):
     run = run_benchmark(options, log=lambda message: None)
     assert [(point["scope"], point["status"]) for point in run.points] == [("model", "ok")] * 3
     assert "### Whole model (2 layers), forward + backward" in run.table
+
+
+def test_backbone_options_reach_the_measured_layer():
+    """``--set num_experts=…`` measures the backbone's mixture-of-experts layer, built by its own factory."""
+    from effzoo.modeling.backbone import EffzooLayer, EffzooMoELayer
+
+    sizes = dict(length=16, hidden_size=32, num_attention_heads=2, intermediate_size=64)
+    dense = get_implementation("full").build_layer(Task(**sizes))
+    moe = get_implementation("full").build_layer(Task(**sizes, settings={"num_experts": 4, "encoder_sparse_step": 2}))
+    assert type(dense.module) is EffzooLayer and isinstance(moe.module, EffzooMoELayer)
+    assert len(moe.module.experts) == 4 and moe.module.attention.self.mechanism.layer_idx == 1
+    output = moe.forward()
+    assert output.shape == (1, 16, 32)
+    output.sum().backward()
+    assert any(expert.intermediate.dense.weight.grad is not None for expert in moe.module.experts)
+
+
+def test_a_reversible_layer_is_refused_in_layer_scope_and_measured_as_a_model(tmp_path):
+    selections = [Selection("full", {"reversible": True})]
+    layer = BenchOptions(selections=selections, lengths=[32], modes=("train",), plots=False,
+                         output=str(tmp_path / "layer"), **TINY)
+    (point,) = run_benchmark(layer, log=lambda message: None).points
+    assert point["status"] == "failed" and "add --model" in point["reason"]
+    model = BenchOptions(selections=selections, lengths=[32], modes=("train",), scope="model", model_layers=2,
+                         plots=False, output=str(tmp_path / "model"), **TINY)
+    (point,) = run_benchmark(model, log=lambda message: None).points
+    assert point["status"] == "ok"
