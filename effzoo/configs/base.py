@@ -28,6 +28,7 @@ BERT_FIELDS = (
     "pad_token_id",
     "bos_token_id",
     "eos_token_id",
+    "sep_token_id",
     "classifier_dropout",
     "id2label",
     "label2id",
@@ -86,6 +87,7 @@ class EffzooConfig(PreTrainedConfig):
     pad_token_id: int | None = 0
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
+    sep_token_id: int | None = None
     use_cache: bool = True
     classifier_dropout: float | None = None
     is_decoder: bool = False
@@ -226,10 +228,13 @@ class BlockSparseConfig(EffzooConfig):
     attended globally (in causal mode only the first, as an attention sink) — converted BERTs
     lean on [CLS] and [SEP]. ``dense_attention_below``: shorter inputs run one dense SDPA with the
     pattern as a mask (default 0: always the block-sparse path, which is as fast as ``full`` at
-    512 tokens and keeps memory linear on padded batches).
+    512 tokens and keeps memory linear on padded batches). ``flex_attention_from``: in inference
+    (no gradient), padded lengths from this run compiled flex attention, where the layout allows it
+    (see ``attention/flex.py``); None: never.
     """
 
     model_type = "effzoo-blocksparse"
 
     global_special_tokens: bool = True
     dense_attention_below: int = 0
+    flex_attention_from: int | None = 4096

@@ -461,7 +461,7 @@ class EffzooModel(EffzooPreTrainedModel):
         self.embeddings = EffzooEmbeddings(config)
         self.encoder = EffzooEncoder(config, self.mechanism_class)
         self.pooler = EffzooPooler(config) if add_pooling_layer else None
-        self._mechanism_input_names = _keyword_inputs(self.mechanism_class) - BACKBONE_SUPPLIED_INPUTS
+        self.mechanism_input_names = _keyword_inputs(self.mechanism_class) - BACKBONE_SUPPLIED_INPUTS
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -554,9 +554,9 @@ class EffzooModel(EffzooPreTrainedModel):
                 "output_attentions=True is not supported: effzoo mechanisms never build the L×L attention "
                 "matrix. Use output_hidden_states=True, or Transformers' BertModel for attention maps."
             )
-        unknown = sorted(set(mechanism_inputs) - self._mechanism_input_names)
+        unknown = sorted(set(mechanism_inputs) - self.mechanism_input_names)
         if unknown:
-            accepted = sorted(self._mechanism_input_names) or ["none"]
+            accepted = sorted(self.mechanism_input_names) or ["none"]
             raise TypeError(
                 f"{type(self).__name__}.forward() got unexpected keyword argument(s) {unknown}; "
                 f"the {self.config.model_type} attention accepts these extra inputs: {accepted}."

@@ -22,6 +22,7 @@ from transformers.utils.generic import can_return_tuple
 
 from ..configs.base import EffzooConfig
 from .backbone import EffzooLMHead, EffzooModel, EffzooPreTrainedModel, run_layer
+from .global_tokens import default_global_attention_mask
 from .moe import summarise_routing
 from .outputs import (
     EffzooCausalLMOutput,
@@ -51,6 +52,9 @@ class EffzooHead(EffzooPreTrainedModel):
     add_pooling_layer = True
     #: Whether the head implements PonderNet's adaptive depth (``config.ponder``).
     supports_ponder = False
+    #: The tokens the head makes global when the mechanism takes a ``global_attention_mask`` and the
+    #: caller gives none, as Transformers' Longformer heads do (``global_tokens.py``).
+    default_global_tokens: str | None = None
 
     def __init__(self, config: EffzooConfig) -> None:
         if config.ponder and not self.supports_ponder:
@@ -63,7 +67,24 @@ class EffzooHead(EffzooPreTrainedModel):
         self.bert = EffzooModel(config, add_pooling_layer=self.add_pooling_layer, mechanism_class=self.mechanism_class)
 
     def encode(self, **inputs: Any) -> EffzooModelOutput:
-        return self.bert(**inputs, return_dict=True)
+        return self.bert(**inputs, **self.default_global_inputs(inputs), return_dict=True)
+
+    def default_global_inputs(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``{"global_attention_mask": …}`` with this head's default global tokens (``global_tokens.py``)
+        where the mechanism takes one, the head has a default and ``inputs`` have none; else ``{}``."""
+        if (self.default_global_tokens is None or self.config.is_decoder
+                or inputs.get("global_attention_mask") is not None
+                or "global_attention_mask" not in self.bert.mechanism_input_names):
+            return {}
+        input_ids, embeds = inputs.get("input_ids"), inputs.get("inputs_embeds")
+        reference = input_ids if input_ids is not None else embeds
+        if reference is None:
+            return {}
+        mask = default_global_attention_mask(
+            self.default_global_tokens, self.config, input_ids, inputs.get("attention_mask"),
+            inputs.get("token_type_ids"), tuple(reference.shape[:2]), reference.device,
+        )
+        return {} if mask is None else {"global_attention_mask": mask}
 
     def with_router_losses(self, loss: torch.Tensor | None, outputs: EffzooModelOutput) -> torch.Tensor | None:
         """``loss`` plus the weighted router losses of a mixture-of-experts backbone (Switch's total loss)."""
@@ -270,6 +291,7 @@ class _PonderHead(EffzooHead):
                 "stops at its own layer. Call model.train() to run every layer, or leave output_hidden_states off."
             )
         bert = self.bert
+        mechanism_inputs = {**mechanism_inputs, **self.default_global_inputs({**inputs, **mechanism_inputs})}
         hidden_states, padding_mask, causal, _, _ = bert.embed(
             inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], inputs["position_ids"],
             inputs["inputs_embeds"], None, False, mechanism_inputs,
@@ -300,6 +322,8 @@ class _PonderHead(EffzooHead):
 
 class EffzooForSequenceClassification(_PonderHead):
     """Classification or regression on the pooled first token (``config.problem_type`` as in BERT)."""
+
+    default_global_tokens = "first"
 
     def __init__(self, config: EffzooConfig) -> None:
         super().__init__(config)
@@ -387,6 +411,7 @@ class EffzooForQuestionAnswering(EffzooHead):
     """Extractive QA: start and end logits per token (``qa_outputs`` as in BERT)."""
 
     add_pooling_layer = False
+    default_global_tokens = "question"
 
     def __init__(self, config: EffzooConfig) -> None:
         super().__init__(config)
@@ -435,6 +460,8 @@ class EffzooForMultipleChoice(_PonderHead):
     With ``ponder=True`` a question halts as a whole: its halting features are the mean of its
     choices' pooled states.
     """
+
+    default_global_tokens = "first"
 
     def __init__(self, config: EffzooConfig) -> None:
         super().__init__(config)
