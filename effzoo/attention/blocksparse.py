@@ -32,6 +32,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicSlidingWindowLa
 
 from .base import AttentionMechanism
 from .checks import non_negative_int
+from .flex import FLEX_ATTENTION_FROM, attend_group_flex, supports_flex
 from .masking import gather_positions, real_tokens_first_order, scatter_positions
 
 #: Padded lengths below this use one dense SDPA with the pattern as a mask. Off by default: on
@@ -323,13 +324,15 @@ def block_sparse_attention(
     global_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     dropout_p: float = 0.0,
     dense: bool = False,
+    flex: bool = False,
 ) -> torch.Tensor:
     """Attention of q, k, v (batch, heads, L, dim) under a block layout; returns (batch, heads, L, dim).
 
     The batch is packed (each row's ``lengths`` real tokens first) and L is the layout's padded
     length. Global queries use ``global_qkv`` when given (Longformer's global projections: the
     queries of the global rows, (batch, heads, g, dim), and keys and values like k and v), else
-    q, k, v. With ``dense``, one SDPA per head group takes the pattern as an L×L boolean mask.
+    q, k, v. With ``dense``, one SDPA per head group takes the pattern as an L×L boolean mask; with
+    ``flex`` (inference only), compiled flex attention runs the layouts it supports (``flex.py``).
     Rows of padding are not zeroed here.
     """
     batch = _Batch(
@@ -341,6 +344,8 @@ def block_sparse_attention(
     # Head-major (heads, batch, L, dim): a mask that does not depend on the head broadcasts.
     q, k, v = (x.transpose(0, 1).contiguous() for x in (q, k, v))
     attend = _attend_group_dense if dense else _attend_group_blocks
+    if flex and not dense and supports_flex(groups):
+        attend = _attend_group_flex_or_blocks
     contexts = [attend(q[g.heads], k[g.heads], v[g.heads], g, batch) for g in groups]
     context = contexts[0] if len(contexts) == 1 else torch.cat(contexts, dim=0)
     if batch.global_tokens is not None and not causal:
@@ -439,6 +444,12 @@ def _attend_group_blocks(q, k, v, group: HeadGroup, batch: _Batch) -> torch.Tens
     if empty is not None:
         context = context.masked_fill(empty, 0.0)
     return _unblock(context, group.parts[0], q.shape[1])
+
+
+def _attend_group_flex_or_blocks(q, k, v, group: HeadGroup, batch: _Batch) -> torch.Tensor:
+    """Compiled flex attention on the group's block mask (``flex.py``), else the block path."""
+    context = attend_group_flex(q, k, v, group, batch, _key_mask)
+    return _attend_group_blocks(q, k, v, group, batch) if context is None else context
 
 
 def _merged_softmax(inputs, parts: Sequence[Part], batch: _Batch) -> torch.Tensor:
@@ -566,6 +577,10 @@ class BlockSparseAttention(AttentionMechanism):
         self.dense_attention_below = non_negative_int(
             "dense_attention_below", getattr(config, "dense_attention_below", DENSE_ATTENTION_BELOW),
             "Use 0 to always take the block-sparse path.",
+        )
+        flex_from = getattr(config, "flex_attention_from", FLEX_ATTENTION_FROM)
+        self.flex_attention_from = None if flex_from is None else non_negative_int(
+            "flex_attention_from", flex_from, "Use None to never take the compiled flex attention path.",
         )
 
     # -- the layout, given by each pattern ---------------------------------------------------
@@ -696,12 +711,21 @@ class BlockSparseAttention(AttentionMechanism):
             global_qkv=global_qkv,
             dropout_p=self.dropout if self.training else 0.0,
             dense=padded_length < self.dense_attention_below,
+            flex=self._use_flex(padded_length, q, k, v),
         )[:, :, :length]
         if padding_mask is None:
             return context
         real = torch.arange(length, device=q.device) < lengths[:, None]
         context = context.masked_fill(~real[:, None, :, None], 0.0)
         return context if order is None else scatter_positions(context, order)
+
+    def _use_flex(self, padded_length: int, *inputs: torch.Tensor) -> bool:
+        """Inference (no gradient, no dropout) at a length from ``flex_attention_from``."""
+        if self.flex_attention_from is None or padded_length < self.flex_attention_from:
+            return False
+        if self.training and self.dropout:
+            return False
+        return not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs))
 
     def _attend_with_cache(self, q, k, v, padding_mask, causal, cache):
         """Causal decoding: new queries against the cached keys, the pattern as a predicate."""
