@@ -230,11 +230,12 @@ class BlockSparseConfig(EffzooConfig):
     pattern as a mask (default 0: always the block-sparse path, which is as fast as ``full`` at
     512 tokens and keeps memory linear on padded batches). ``flex_attention_from``: in inference
     (no gradient), padded lengths from this run compiled flex attention, where the layout allows it
-    (see ``attention/flex.py``); None: never.
+    (see ``attention/flex.py``); None (the default, except for ``bigbird``): never, because on CPU
+    the block-gather path measured faster for ``local`` and ``longformer``.
     """
 
     model_type = "effzoo-blocksparse"
 
     global_special_tokens: bool = True
     dense_attention_below: int = 0
-    flex_attention_from: int | None = 4096
+    flex_attention_from: int | None = None

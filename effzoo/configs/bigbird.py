@@ -7,9 +7,11 @@ from .base import BlockSparseConfig
 
 class BigBirdConfig(BlockSparseConfig):
     """Blocks of ``block_size`` attend to a window of 3 blocks, ``num_random_blocks`` random blocks and
-    the first and last blocks (global). Bidirectional only."""
+    the first and last blocks (global). Bidirectional only. Inference from 4,096 tokens runs compiled
+    flex attention (measured 1.4-1.5x faster than block-gather at 4K-16K, one BERT-base layer)."""
 
     model_type = "effzoo-bigbird"
 
     block_size: int = 64
     num_random_blocks: int = 3
+    flex_attention_from: int | None = 4096
