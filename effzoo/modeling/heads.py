@@ -11,6 +11,7 @@ and multiple-choice heads are PonderNet's (see ``ponder.py``); the other heads r
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -39,6 +40,14 @@ _TIED_LM_WEIGHTS = {
     "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
     "cls.predictions.decoder.bias": "cls.predictions.bias",
 }
+
+
+#: The keyword under which ``generate()`` hands the decoding cache to ``forward``: ``cache`` from
+#: Transformers 5.24 on, ``past_key_values`` before.
+GENERATION_CACHE_KWARG = (
+    "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    else "past_key_values"
+)
 
 
 def router_fields(outputs: EffzooModelOutput) -> dict[str, Any]:
@@ -161,8 +170,9 @@ class EffzooForCausalLM(_LanguageModelHead, GenerationMixin):
                                       **kwargs: Any) -> None:
         """``generate()`` would build a ``DynamicCache``; the mechanism decides what it keeps instead
         (every key and value for exact attention, a recurrent state for kernel attention, ...)."""
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
-            model_kwargs["past_key_values"] = self.mechanism_class.new_cache(self.config)
+        if (model_kwargs.get(GENERATION_CACHE_KWARG) is None and model_kwargs.get("past_key_values") is None
+                and generation_config.use_cache is not False):
+            model_kwargs[GENERATION_CACHE_KWARG] = self.mechanism_class.new_cache(self.config)
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     @can_return_tuple
@@ -179,8 +189,11 @@ class EffzooForCausalLM(_LanguageModelHead, GenerationMixin):
         output_hidden_states: bool | None = None,
         output_router_logits: bool | None = None,
         logits_to_keep: int = 0,
+        cache: Any = None,
         **mechanism_inputs: Any,
     ) -> EffzooCausalLMOutput:
+        """``cache`` is the decoding cache's name from Transformers 5.24 on, ``past_key_values`` before it."""
+        past_key_values = cache if cache is not None else past_key_values
         outputs = self.encode(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, inputs_embeds=inputs_embeds, past_key_values=past_key_values,
