@@ -30,6 +30,10 @@ from .fidelity import measure_fidelity
 TRAINABLE = ("all", "attention", "mechanism")
 
 
+#: Warm-up steps of a time-budgeted recovery, after which the learning rate stays constant.
+TIME_BUDGET_WARMUP_STEPS = 20
+
+
 @dataclass
 class DistillConfig:
     """A distillation run. ``student`` is an effzoo checkpoint; ``teacher`` the model it came from."""
@@ -169,9 +173,13 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     disable_dropout(student)
 
     strategy = "steps" if config.save_checkpoints else "no"
+    # Under a time budget ``max_steps`` is only a cap that is never reached: a schedule laid over
+    # it would stay in its warm-up. Warm up over a fixed number of steps and hold the rate instead.
+    schedule = ({"lr_scheduler_type": "constant_with_warmup", "warmup_steps": TIME_BUDGET_WARMUP_STEPS}
+                if config.time_budget_minutes else {"warmup_steps": 0.05})
     args = TrainingArguments(
         output_dir=str(output), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
-        learning_rate=config.learning_rate, warmup_steps=0.05, seed=config.seed, save_strategy=strategy,
+        learning_rate=config.learning_rate, **schedule, seed=config.seed, save_strategy=strategy,
         save_steps=max(config.max_steps // 4, 1), save_total_limit=1, logging_steps=10, report_to=[],
         use_cpu=not torch.cuda.is_available(), disable_tqdm=not config.progress, remove_unused_columns=False,
     )

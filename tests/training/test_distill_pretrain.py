@@ -71,3 +71,20 @@ def test_pretrain_extends_positions_and_lowers_the_loss(tmp_path, text_file):
     model = effzoo.FullForMaskedLM.from_pretrained(tmp_path / "out")
     assert model.config.max_position_embeddings == 96
     assert results["perplexity"] == pytest.approx(torch.tensor(results["eval_loss"]).exp().item(), rel=1e-4)
+
+
+def test_a_time_budget_holds_the_learning_rate_after_a_short_warmup(tmp_path, text_file):
+    """Under a time budget max_steps is a cap, so no schedule may be laid over it (it would never warm up)."""
+    from effzoo.training.distill import TIME_BUDGET_WARMUP_STEPS
+
+    source = save_tiny_checkpoint(BertModel, tmp_path / "teacher")
+    effzoo.convert(source, "full", tmp_path / "student", progress=False)
+    steps = TIME_BUDGET_WARMUP_STEPS + 12  # logged every 10 steps: warming up at 10, held at 30
+    distill(DistillConfig(teacher=str(source), student=str(tmp_path / "student"), output_dir=str(tmp_path / "out"),
+                          data=str(text_file), max_length=16, max_steps=steps, time_budget_minutes=30.0,
+                          learning_rate=1e-3, eval_texts=4, progress=False))
+    (state,) = (tmp_path / "out").glob("checkpoint-*/trainer_state.json")
+    rates = {entry["step"]: entry["learning_rate"] for entry in json.loads(state.read_text())["log_history"]
+             if "learning_rate" in entry}
+    assert rates[10] < 0.6e-3
+    assert rates[30] == pytest.approx(1e-3)
