@@ -121,7 +121,8 @@ def add_distill_parser(commands: Any) -> None:
     parser.add_argument("--student", required=True, help="the converted effzoo checkpoint")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--max-steps", type=int, default=200)
-    parser.add_argument("--minutes", type=float, dest="time_budget_minutes", help="stop after this much wall time")
+    parser.add_argument("--minutes", type=float, dest="time_budget_minutes",
+                        help="stop after this much wall time (the learning rate warms up over 20 steps, then holds)")
     parser.add_argument("--trainable", choices=["all", "attention", "mechanism"], default="all")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--eval-texts", type=int, default=64, help="held-out texts for the fidelity figures")
