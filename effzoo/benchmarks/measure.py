@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from ..modeling.outputs import CACHE_FIELD
 from .implementations import Task, get_implementation
 
 #: /proc/stat and /proc/PID/stat count CPU time in these ticks.
@@ -283,7 +284,7 @@ def _decode(model: torch.nn.Module, task: Task, spec: dict[str, Any], memory: Pe
     def prefill() -> None:
         with torch.no_grad():
             output = model(input_ids=context, use_cache=True, logits_to_keep=1)
-        state["cache"] = output.past_key_values
+        state["cache"] = getattr(output, CACHE_FIELD)
         state["next"] = output.logits[:, -1:].argmax(-1)
 
     prefill_s = timer(prefill)
@@ -292,7 +293,7 @@ def _decode(model: torch.nn.Module, task: Task, spec: dict[str, Any], memory: Pe
         with torch.no_grad():
             for _ in range(tokens):
                 output = model(input_ids=state["next"], past_key_values=state["cache"], use_cache=True)
-                state["cache"] = output.past_key_values
+                state["cache"] = getattr(output, CACHE_FIELD)
                 state["next"] = output.logits[:, -1:].argmax(-1)
 
     figures = _timed_repetitions(steps, spec, started, per_call=tokens)

@@ -69,7 +69,7 @@ class EffzooConfig(PreTrainedConfig):
     model_type = "effzoo"
     #: Output fields that are not predictions: Trainer's evaluation leaves them out.
     keys_to_ignore_at_inference: ClassVar[list[str]] = [
-        "past_key_values", "aux_loss", "z_loss", "router_logits", "dropped_tokens", "halting_probabilities",
+        "cache", "past_key_values", "aux_loss", "z_loss", "router_logits", "dropped_tokens", "halting_probabilities",
     ]
 
     vocab_size: int = 30522

@@ -29,7 +29,7 @@ from transformers.utils.generic import can_return_tuple
 from ..attention.base import AttentionMechanism
 from ..configs.base import EffzooConfig
 from .moe import Routing, SwitchRouter, dispatch, summarise_routing
-from .outputs import EffzooModelOutput
+from .outputs import CACHE_FIELD, EffzooModelOutput
 from .ponder import HaltingUnits
 from .reversible import run_two_streams
 
@@ -498,7 +498,7 @@ class EffzooModel(EffzooPreTrainedModel):
         return EffzooModelOutput(
             last_hidden_state=hidden_states,
             pooler_output=self.pooler(hidden_states) if self.pooler is not None else None,
-            past_key_values=past_key_values if use_cache else None,
+            **{CACHE_FIELD: past_key_values if use_cache else None},
             hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
             aux_loss=router.get("aux_loss"),
             z_loss=router.get("z_loss"),

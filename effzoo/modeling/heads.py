@@ -26,6 +26,7 @@ from .backbone import EffzooLMHead, EffzooModel, EffzooPreTrainedModel, run_laye
 from .global_tokens import default_global_attention_mask
 from .moe import summarise_routing
 from .outputs import (
+    CACHE_FIELD,
     EffzooCausalLMOutput,
     EffzooMaskedLMOutput,
     EffzooModelOutput,
@@ -208,7 +209,7 @@ class EffzooForCausalLM(_LanguageModelHead, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
         return EffzooCausalLMOutput(
-            loss=self.with_router_losses(loss, outputs), logits=logits, past_key_values=outputs.past_key_values,
+            loss=self.with_router_losses(loss, outputs), logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
             hidden_states=outputs.hidden_states, **router_fields(outputs),
         )
 

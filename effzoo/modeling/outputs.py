@@ -27,6 +27,11 @@ from transformers.modeling_outputs import (
 )
 
 
+#: The output field that holds the decoding cache: ``cache`` from Transformers 5.24 on,
+#: ``past_key_values`` before (the old name still works there, with a deprecation warning).
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithCrossAttentions.__dataclass_fields__ else "past_key_values"
+
+
 @dataclass
 class EffzooModelOutput(BaseModelOutputWithPoolingAndCrossAttentions):
     """The encoder's outputs; with experts, also ``dropped_tokens``: assignments over capacity per MoE layer."""

@@ -122,3 +122,21 @@ def test_generate_with_left_padding_matches_each_prompt_alone(tiny_full_config):
     batched = model.generate(prompts, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
     alone = model.generate(prompts[1:, 2:], max_new_tokens=4, do_sample=False, pad_token_id=0)
     torch.testing.assert_close(batched[1, 2:], alone[0])
+
+
+def test_generation_uses_the_cache_name_of_the_installed_transformers(tiny_full_config):
+    """Transformers 5.24 renamed the outputs' ``past_key_values`` to ``cache`` and warns on the old name."""
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    library_logger = logging.getLogger("transformers")
+    logging.Logger.warning_once.cache_clear()
+    library_logger.addHandler(handler)
+    try:
+        model = effzoo.FullForCausalLM(tiny_full_config).eval()
+        model.generate(torch.randint(5, 99, (1, 4)), max_new_tokens=2, do_sample=False)
+    finally:
+        library_logger.removeHandler(handler)
+    assert not [r for r in records if "deprecated" in r.getMessage()], [r.getMessage() for r in records]
