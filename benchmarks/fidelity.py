@@ -1,11 +1,20 @@
 """The fidelity table: how well each variant, converted from all-MiniLM-L6-v2, reproduces it.
 
-For each variant: convert the packaged MiniLM, measure zero-shot fidelity on held-out BBC News
+For each entry: convert the packaged MiniLM, measure zero-shot fidelity on held-out BBC News
 articles (mean token cosine, sentence-embedding cosine, Spearman of pairwise similarities),
-recover it with ``effzoo distill`` for a fixed wall-time budget, and measure again. Writes
-``fidelity.json`` and ``fidelity.md`` (a markdown table) into ``--output``.
+recover it with ``effzoo distill`` for a fixed wall-time budget, and measure again
+(``--minutes 0``: zero-shot only). Writes ``<name>.json`` and ``<name>.md`` (a markdown table)
+into ``--output``.
 
     python benchmarks/fidelity.py --variants performer linear hedgehog --minutes 15
+    python benchmarks/fidelity.py --name fidelity-sparse-512 --max-length 512 --minutes 10 \
+        --variants longformer longformer:attention_window=128 bigbird sparse axial
+    python benchmarks/fidelity.py --name fidelity-sparse-512-no-special --max-length 512 --minutes 0 \
+        --variants local longformer longformer:attention_window=128 bigbird sparse axial \
+        --set global_special_tokens=false
+
+An entry is a variant, optionally with settings of its own (``VARIANT:KEY=VALUE,KEY=VALUE``);
+``--set VARIANT.KEY=VALUE`` applies to every entry of that variant, ``--set KEY=VALUE`` to all.
 """
 
 from __future__ import annotations
@@ -17,9 +26,13 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers import AutoModel, AutoTokenizer
 
 import effzoo
-from effzoo.training.distill import DistillConfig, distill
+from effzoo.conversion.sources import resolve_source
+from effzoo.training.data import load_data
+from effzoo.training.distill import DistillConfig, distill, held_out_texts
+from effzoo.training.fidelity import measure_fidelity
 
 TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -30,62 +43,100 @@ RECIPES = {"hedgehog": {"trainable": "mechanism", "learning_rate": 1e-2}}
 DEFAULT_RECIPE = {"trainable": "all", "learning_rate": 1e-4}
 
 
+def parse_value(value: str):
+    """JSON where it parses (numbers, booleans, lists), else the plain string."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def parse_entries(entries: list[str], settings: list[str]) -> list[tuple[str, dict]]:
+    """``VARIANT[:KEY=VALUE,...]`` entries with the ``--set`` settings merged under their own."""
+    shared: dict[str, dict] = {}
+    for item in settings:
+        target, _, value = item.partition("=")
+        variant, _, key = target.rpartition(".")
+        shared.setdefault(variant, {})[key] = parse_value(value)
+    parsed = []
+    for entry in entries:
+        variant, _, own = entry.partition(":")
+        own_settings = dict(item.split("=", 1) for item in own.split(",") if item)
+        parsed.append((variant, {**shared.get("", {}), **shared.get(variant, {}),
+                                 **{key: parse_value(value) for key, value in own_settings.items()}}))
+    return parsed
+
+
+def zero_shot(student: Path, max_length: int, eval_texts: int) -> dict:
+    """Fidelity of the converted model without recovery, on the held-out texts ``distill`` uses."""
+    texts, _ = held_out_texts(load_data("bbc_news", seed=0), "text", eval_texts, seed=0)
+    fidelity = measure_fidelity(AutoModel.from_pretrained(resolve_source(TEACHER)), AutoModel.from_pretrained(student),
+                                AutoTokenizer.from_pretrained(student), texts, max_length)
+    return {"before": fidelity.as_dict(), "after": None, "steps": 0, "wall_minutes": 0.0, "cpu_minutes": 0.0}
+
+
 def run(variant: str, settings: dict, minutes: float, max_length: int, eval_texts: int, workdir: Path) -> dict:
     student = workdir / f"{variant}-converted"
     effzoo.convert(TEACHER, variant, student, overrides=settings, overwrite=True, progress=False)
+    recipe = RECIPES.get(variant, DEFAULT_RECIPE)
+    if minutes == 0:
+        return {"variant": variant, "settings": settings, "max_length": max_length, "recipe": None,
+                **zero_shot(student, max_length, eval_texts)}
     results = distill(DistillConfig(
         teacher=TEACHER, student=str(student), output_dir=str(workdir / f"{variant}-recovered"), overwrite=True,
         max_length=max_length, max_steps=100_000, time_budget_minutes=minutes, eval_texts=eval_texts,
-        batch_size=4, save_checkpoints=False, progress=False, **RECIPES.get(variant, DEFAULT_RECIPE),
+        batch_size=4, save_checkpoints=False, progress=False, **recipe,
     ))
-    return {"variant": variant, "settings": settings, "recipe": RECIPES.get(variant, DEFAULT_RECIPE),
+    return {"variant": variant, "settings": settings, "max_length": max_length, "recipe": recipe,
             **{k: results[k] for k in
             ("before", "after", "steps", "wall_minutes", "cpu_minutes", "trainable_parameters")}}
 
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| variant | settings | zero-shot token cos | zero-shot sentence cos | zero-shot Spearman | "
-        "recovered token cos | recovered sentence cos | recovered Spearman | steps | wall min |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        ("| variant | settings | tokens | zero-shot token cos | zero-shot sentence cos | zero-shot Spearman | "
+         "recovered token cos | recovered sentence cos | recovered Spearman | steps | wall min |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         b, a = row["before"], row["after"]
         settings = ", ".join(f"{k}={v}" for k, v in row["settings"].items()) or "defaults"
+        recovered = (f"{a['token_cosine']:.3f} | {a['sentence_cosine']:.3f} | {a['similarity_spearman']:.3f}"
+                     if a else "– | – | –")
         lines.append(
-            f"| `{row['variant']}` | {settings} | {b['token_cosine']:.3f} | {b['sentence_cosine']:.3f} | "
-            f"{b['similarity_spearman']:.3f} | {a['token_cosine']:.3f} | {a['sentence_cosine']:.3f} | "
-            f"{a['similarity_spearman']:.3f} | {row['steps']} | {row['wall_minutes']:.1f} |"
+            f"| `{row['variant']}` | {settings} | {row['max_length']} | {b['token_cosine']:.3f} | "
+            f"{b['sentence_cosine']:.3f} | {b['similarity_spearman']:.3f} | {recovered} | {row['steps']} | "
+            f"{row['wall_minutes']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=["performer", "linear", "hedgehog"])
-    parser.add_argument("--set", nargs="*", default=[], metavar="VARIANT.KEY=VALUE",
-                        help="a setting for one variant, e.g. performer.num_random_features=512")
-    parser.add_argument("--minutes", type=float, default=15.0, help="recovery budget per variant (wall time)")
+    parser.add_argument("--variants", nargs="+", default=["performer", "linear", "hedgehog"],
+                        metavar="VARIANT[:KEY=VALUE,...]")
+    parser.add_argument("--set", nargs="*", default=[], metavar="[VARIANT.]KEY=VALUE",
+                        help="a setting for every entry of one variant (performer.num_random_features=512) "
+                             "or of all (global_special_tokens=false)")
+    parser.add_argument("--minutes", type=float, default=15.0,
+                        help="recovery budget per entry (wall time); 0 measures zero-shot only")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--eval-texts", type=int, default=64)
+    parser.add_argument("--name", default="fidelity", help="file name of the results, without extension")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    settings: dict[str, dict] = {variant: {} for variant in args.variants}
-    for item in args.set:
-        target, _, value = item.partition("=")
-        variant, _, key = target.partition(".")
-        settings.setdefault(variant, {})[key] = json.loads(value)
+    entries = parse_entries(args.variants, args.set)
 
     args.output.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
-        for variant in args.variants:
-            rows.append(run(variant, settings[variant], args.minutes, args.max_length, args.eval_texts, Path(workdir)))
+        for variant, settings in entries:
+            rows.append(run(variant, settings, args.minutes, args.max_length, args.eval_texts, Path(workdir)))
             print(markdown(rows[-1:]), flush=True)
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__}
-    (args.output / "fidelity.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    (args.output / "fidelity.md").write_text(markdown(rows))
+    (args.output / f"{args.name}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    (args.output / f"{args.name}.md").write_text(markdown(rows))
     print(markdown(rows))
 
 

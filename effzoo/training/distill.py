@@ -155,15 +155,20 @@ def text_chunks(texts: list[str], tokenizer, max_length: int):
     return Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]})
 
 
+def held_out_texts(data, text_column: str, count: int, seed: int) -> tuple[list[str], str]:
+    """``count`` texts of the split that training never sees (test, else validation), and its name."""
+    split = "test" if "test" in data else "validation"
+    return list(data[split].shuffle(seed=seed).select(range(count))[text_column]), split
+
+
 def distill(config: DistillConfig) -> dict[str, Any]:
     """Distil, measure fidelity on held-out text before and after, save the student and the results."""
     output = Path(config.output_dir)
     check_output_dir(output, config.overwrite, resuming=bool(config.resume_from_checkpoint))
     transformers.set_seed(config.seed)
     data = load_data(config.data, seed=config.seed)
-    held_out_split = "test" if "test" in data else "validation"
     train_texts = list(data["train"][config.text_column])
-    held_out = list(data[held_out_split].shuffle(seed=config.seed).select(range(config.eval_texts))[config.text_column])
+    held_out, held_out_split = held_out_texts(data, config.text_column, config.eval_texts, config.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(config.student)
     teacher = AutoModel.from_pretrained(resolve_source(config.teacher))
