@@ -321,7 +321,7 @@ def block_sparse_attention(
     lengths: torch.Tensor,
     global_tokens: GlobalTokens | None = None,
     causal: bool = False,
-    global_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    global_context: torch.Tensor | None = None,
     dropout_p: float = 0.0,
     dense: bool = False,
     flex: bool = False,
@@ -329,9 +329,8 @@ def block_sparse_attention(
     """Attention of q, k, v (batch, heads, L, dim) under a block layout; returns (batch, heads, L, dim).
 
     The batch is packed (each row's ``lengths`` real tokens first) and L is the layout's padded
-    length. Global queries use ``global_qkv`` when given (Longformer's global projections: the
-    queries of the global rows, (batch, heads, g, dim), and keys and values like k and v), else
-    q, k, v. With ``dense``, one SDPA per head group takes the pattern as an L×L boolean mask; with
+    length. The global rows' context is ``global_context`` (batch, heads, g, dim) when given
+    (Longformer's, from its own projections), else their queries attend every key with q, k, v. With ``dense``, one SDPA per head group takes the pattern as an L×L boolean mask; with
     ``flex`` (inference only), compiled flex attention runs the layouts it supports (``flex.py``).
     Rows of padding are not zeroed here.
     """
@@ -349,16 +348,14 @@ def block_sparse_attention(
     contexts = [attend(q[g.heads], k[g.heads], v[g.heads], g, batch) for g in groups]
     context = contexts[0] if len(contexts) == 1 else torch.cat(contexts, dim=0)
     if batch.global_tokens is not None and not causal:
-        context = batch.global_tokens.scatter(context, _global_rows(q, k, v, global_qkv, batch))
+        rows = _global_rows(q, k, v, batch) if global_context is None else global_context.transpose(0, 1)
+        context = batch.global_tokens.scatter(context, rows)
     return context.transpose(0, 1)
 
 
-def _global_rows(q, k, v, global_qkv, batch: _Batch) -> torch.Tensor:
+def _global_rows(q, k, v, batch: _Batch) -> torch.Tensor:
     """Global queries attend every real key: (heads, batch, g, dim), O(g·L)."""
-    if global_qkv is None:
-        rows = batch.global_tokens.gather(q)
-    else:
-        rows, k, v = (x.transpose(0, 1) for x in global_qkv)
+    rows = batch.global_tokens.gather(q)
     real = torch.arange(k.shape[2], device=k.device) < batch.lengths[:, None]
     real = real | (batch.lengths[:, None] == 0)  # finite rows for empty sequences
     return F.scaled_dot_product_attention(rows, k, v, attn_mask=real[None, :, None, :], dropout_p=batch.dropout_p)
@@ -636,19 +633,20 @@ class BlockSparseAttention(AttentionMechanism):
         causal: bool,
         cache: Any,
         global_attention_mask: torch.Tensor | None,
-        global_projections: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+        global_attention: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The forward of every pattern.
 
-        ``global_projections(rows)`` gives the global rows' own projections (Longformer's): the
-        queries of the tokens at ``rows`` (batch, g), (batch, heads, g, head_dim), and keys and
-        values (batch, heads, L, head_dim). It is called only when there are global rows.
+        ``global_attention(rows)`` gives the context of the global tokens at ``rows`` (batch, g,
+        positions in the input's order), (batch, heads, g, head_dim), for a pattern whose global
+        queries attend every real key in their own way (Longformer's projections). It is called
+        only when there are global rows and the attention is bidirectional.
         """
         self.check_causal(causal)
         self.check_global_attention_mask(global_attention_mask, q, causal)
         if cache is not None:
             return self._attend_with_cache(q, k, v, padding_mask, causal, cache)
-        return self._attend_parallel(q, k, v, padding_mask, causal, global_attention_mask, global_projections)
+        return self._attend_parallel(q, k, v, padding_mask, causal, global_attention_mask, global_attention)
 
     def check_causal(self, causal: bool) -> None:
         """Refuse causal attention where the pattern is bidirectional only."""
@@ -674,7 +672,7 @@ class BlockSparseAttention(AttentionMechanism):
                 "future. Drop it (the first token is already an attention sink) or use a bidirectional model."
             )
 
-    def _attend_parallel(self, q, k, v, padding_mask, causal, global_attention_mask, global_projections):
+    def _attend_parallel(self, q, k, v, padding_mask, causal, global_attention_mask, global_attention):
         batch_size, _, length, _ = q.shape
         if padding_mask is None:
             lengths = torch.full((batch_size,), length, dtype=torch.long, device=q.device)
@@ -697,18 +695,17 @@ class BlockSparseAttention(AttentionMechanism):
             return x if padded_length == length else F.pad(x, (0, 0, 0, padded_length - length))
 
         global_tokens = GlobalTokens.from_mask(global_mask)
-        global_qkv = None
-        if global_projections is not None and global_tokens is not None and not causal:
+        global_context = None
+        if global_attention is not None and global_tokens is not None and not causal:
             rows = global_tokens.positions if order is None else order.gather(1, global_tokens.positions)
-            global_queries, global_keys, global_values = global_projections(rows)
-            global_qkv = (global_queries, prepare(global_keys), prepare(global_values))
+            global_context = global_attention(rows)
         context = block_sparse_attention(
             prepare(q), prepare(k), prepare(v),
             self.head_groups(padded_length, lengths, causal, q.shape[1]),
             lengths=lengths,
             global_tokens=global_tokens,
             causal=causal,
-            global_qkv=global_qkv,
+            global_context=global_context,
             dropout_p=self.dropout if self.training else 0.0,
             dense=padded_length < self.dense_attention_below,
             flex=self._use_flex(padded_length, q, k, v),

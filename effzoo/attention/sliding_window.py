@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .blocksparse import (
@@ -139,17 +140,21 @@ class SlidingWindowAttention(BlockSparseAttention):
         global_attention_mask: torch.Tensor | None = None,
         hidden_states: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        def projections(rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return self.global_projections(hidden_states, rows, q.shape[1])
+        def global_attention(rows: torch.Tensor) -> torch.Tensor:
+            return self.global_attention(hidden_states, rows, padding_mask, q.shape[1]).to(q.dtype)
 
-        return self.attend(q, k, v, padding_mask, causal, cache, global_attention_mask, projections)
+        return self.attend(q, k, v, padding_mask, causal, cache, global_attention_mask, global_attention)
 
-    def global_projections(
-        self, hidden_states: torch.Tensor | None, rows: torch.Tensor, num_heads: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """query_global of the tokens at ``rows`` (batch, g), key_global and value_global of all.
+    def global_attention(
+        self, hidden_states: torch.Tensor | None, rows: torch.Tensor, padding_mask: torch.Tensor | None, num_heads: int
+    ) -> torch.Tensor:
+        """Context of the global tokens at ``rows`` (batch, g): (batch, heads, g, head_dim).
 
-        Returns per-head tensors (batch, heads, g, head_dim) and twice (batch, heads, L, head_dim).
+        Their ``query_global`` queries attend every real token's ``key_global`` key and read its
+        ``value_global`` value. Both projections are linear, so they fold into the g queries and
+        the g outputs instead of running over all L tokens: with h' = [h, 1] and W' = [W, b],
+        q·(W_k h + b_k) = (W'_kᵀ q)·h' and Σ_j p_j (W_v h_j + b_v) = W'_v (Σ_j p_j h'_j). That is
+        O(g · L · hidden) instead of O(L · hidden²), and exact (dropout on p included).
         """
         if hidden_states is None:
             raise ValueError(
@@ -157,14 +162,22 @@ class SlidingWindowAttention(BlockSparseAttention):
                 "projections: pass hidden_states=..., or set global_special_tokens=False and give no "
                 "global_attention_mask."
             )
-        batch, _, hidden = hidden_states.shape
+        batch, length, hidden = hidden_states.shape
+        head_dim, num_global = hidden // num_heads, rows.shape[1]
 
-        def per_head(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, x.shape[1], num_heads, hidden // num_heads).transpose(1, 2)
+        def per_head_with_bias(linear: nn.Linear) -> torch.Tensor:
+            """W' = [W, b] split by head: (heads, head_dim, hidden + 1)."""
+            return torch.cat([linear.weight, linear.bias[:, None]], dim=1).view(num_heads, head_dim, hidden + 1)
 
         global_hidden = hidden_states.gather(1, rows[:, :, None].expand(-1, -1, hidden))
-        return (
-            per_head(self.query_global(global_hidden)),
-            per_head(self.key_global(hidden_states)),
-            per_head(self.value_global(hidden_states)),
-        )
+        queries = self.query_global(global_hidden).view(batch, num_global, num_heads, head_dim)
+        folded = torch.einsum("bghd,hdk->bhgk", queries, per_head_with_bias(self.key_global).to(queries.dtype))
+        tokens = torch.cat([hidden_states, hidden_states.new_ones(batch, length, 1)], dim=-1)[:, None]
+        real = torch.ones(batch, length, dtype=torch.bool, device=rows.device) if padding_mask is None else padding_mask
+        real = real | ~real.any(-1, keepdim=True)  # finite rows for empty sequences
+        mixed = F.scaled_dot_product_attention(
+            folded.reshape(batch, 1, num_heads * num_global, hidden + 1).to(tokens.dtype), tokens, tokens,
+            attn_mask=real[:, None, None, :], dropout_p=self.dropout if self.training else 0.0,
+            scale=head_dim**-0.5,
+        ).view(batch, num_heads, num_global, hidden + 1)
+        return torch.einsum("bhgk,hdk->bhgd", mixed, per_head_with_bias(self.value_global).to(mixed.dtype))

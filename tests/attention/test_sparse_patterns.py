@@ -282,6 +282,30 @@ def test_user_global_tokens(name, padding):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_longformer_global_projections_fold_exactly_with_gradients():
+    """Global rows read key_global / value_global folded into their queries and outputs: the same
+    values and gradients (hidden states, the three global projections) as projecting every token."""
+    mechanism, reference, _ = build("longformer")
+    mechanism.train()  # dropout is 0 in the test config; training mode takes the same path
+    lengths = [37, 26, 0]
+    q, k, v = qkv()
+    mask = padding_mask(lengths, 37, "left")
+    hidden_states = torch.randn(3, 37, HIDDEN, requires_grad=True)
+    projections = (mechanism.query_global, mechanism.key_global, mechanism.value_global)
+    parameters = [hidden_states] + [p for projection in projections for p in projection.parameters()]
+    weights = torch.randn(3, HEADS, 37, HEAD_DIM)
+
+    out = mechanism(q, k, v, padding_mask=mask, hidden_states=hidden_states)
+    per_head = [p(hidden_states).view(3, 37, HEADS, HEAD_DIM).transpose(1, 2) for p in projections]
+    allowed, global_rows = reference_allowed(reference, lengths, 37, "left", False)
+    expected = expected_output(q, k, v, allowed, global_rows, per_head, mask)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    gradients = torch.autograd.grad((out * weights).sum(), parameters)
+    reference_gradients = torch.autograd.grad((expected * weights).sum(), parameters)
+    for gradient, reference_gradient in zip(gradients, reference_gradients, strict=True):
+        torch.testing.assert_close(gradient, reference_gradient, atol=1e-5, rtol=1e-5)
+
+
 def test_longformer_equals_transformers_longformer_self_attention():
     """With special tokens off, the window, the global tokens and their projections are Transformers'."""
     from transformers import LongformerConfig
