@@ -124,6 +124,9 @@ def add_distill_parser(commands: Any) -> None:
     parser.add_argument("--minutes", type=float, dest="time_budget_minutes",
                         help="stop after this much wall time (the learning rate warms up over 20 steps, then holds)")
     parser.add_argument("--trainable", choices=["all", "attention", "mechanism"], default="all")
+    parser.add_argument("--mechanism-learning-rate", type=float,
+                        help="learning rate of the mechanism's own parameters (Hedgehog's feature maps); "
+                             "the rest train at --learning-rate")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--eval-texts", type=int, default=64, help="held-out texts for the fidelity figures")
     _common(parser, data_help="unlabelled text")
@@ -137,7 +140,7 @@ def run_distill(args: argparse.Namespace) -> None:
         teacher=args.teacher, student=args.student, output_dir=args.output_dir, data=args.data,
         text_column=args.text_column, max_length=args.max_length, max_steps=args.max_steps,
         time_budget_minutes=args.time_budget_minutes, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        trainable=args.trainable, eval_texts=args.eval_texts, seed=args.seed, overwrite=args.overwrite,
+        trainable=args.trainable, mechanism_learning_rate=args.mechanism_learning_rate, eval_texts=args.eval_texts, seed=args.seed, overwrite=args.overwrite,
         resume_from_checkpoint=args.resume_from_checkpoint, progress=args.progress,
     )
     _print_results(distill(config))

@@ -49,6 +49,9 @@ class DistillConfig:
     batch_size: int = 4
     learning_rate: float = 1e-4
     trainable: str = "all"
+    #: The mechanism's own parameters (Hedgehog's feature maps) at this rate, the rest at
+    #: ``learning_rate``: new parameters need a far larger step than pretrained ones.
+    mechanism_learning_rate: float | None = None
     hidden_weight: float = 1.0
     attention_weight: float = 1.0
     eval_texts: int = 64
@@ -147,6 +150,18 @@ def select_trainable(model: torch.nn.Module, trainable: str) -> int:
     return count
 
 
+def learning_rate_groups(model: torch.nn.Module, learning_rate: float,
+                         mechanism_learning_rate: float | None) -> list[dict[str, Any]]:
+    """Optimizer parameter groups of the trainable parameters: the mechanism's own at
+    ``mechanism_learning_rate`` (when given), the rest at ``learning_rate``."""
+    mechanism, rest = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (mechanism if mechanism_learning_rate is not None and ".mechanism." in name else rest).append(parameter)
+    groups = [{"params": rest, "lr": learning_rate}, {"params": mechanism, "lr": mechanism_learning_rate}]
+    return [group for group in groups if group["params"]]
+
+
 def text_chunks(texts: list[str], tokenizer, max_length: int):
     """Tokenized ``max_length`` windows of every text: long documents give several training rows."""
     from datasets import Dataset
@@ -189,10 +204,13 @@ def distill(config: DistillConfig) -> dict[str, Any]:
         use_cpu=not torch.cuda.is_available(), disable_tqdm=not config.progress, remove_unused_columns=False,
     )
     callbacks = [TimeBudget(config.time_budget_minutes)] if config.time_budget_minutes else []
+    # Trainer's own AdamW (weight decay 0), with one learning rate per group; its scheduler scales each.
+    optimizer = torch.optim.AdamW(learning_rate_groups(student, config.learning_rate, config.mechanism_learning_rate),
+                                  weight_decay=0.0)
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=text_chunks(train_texts, tokenizer, config.max_length),
         data_collator=transformers.DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
-        callbacks=callbacks, teacher=teacher,
+        callbacks=callbacks, optimizers=(optimizer, None), teacher=teacher,
         hidden_weight=config.hidden_weight, attention_weight=config.attention_weight,
     )
     started, started_cpu = time.perf_counter(), time.process_time()

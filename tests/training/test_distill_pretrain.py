@@ -88,3 +88,17 @@ def test_a_time_budget_holds_the_learning_rate_after_a_short_warmup(tmp_path, te
              if "learning_rate" in entry}
     assert rates[10] < 0.6e-3
     assert rates[30] == pytest.approx(1e-3)
+
+
+def test_the_mechanism_can_train_at_its_own_learning_rate(tmp_path, text_file):
+    """Hedgehog's new feature maps at 1e-2 while the pretrained weights stay (here at rate 0)."""
+    source = save_tiny_checkpoint(BertModel, tmp_path / "teacher")
+    effzoo.convert(source, "hedgehog", tmp_path / "student", progress=False)
+    distill(DistillConfig(teacher=str(source), student=str(tmp_path / "student"), output_dir=str(tmp_path / "out"),
+                          data=str(text_file), max_length=16, max_steps=3, learning_rate=0.0,
+                          mechanism_learning_rate=1e-2, eval_texts=4, progress=False, save_checkpoints=False))
+    before = effzoo.HedgehogModel.from_pretrained(tmp_path / "student").state_dict()
+    after = effzoo.HedgehogModel.from_pretrained(tmp_path / "out").state_dict()
+    moved = {name for name in before if not torch.equal(before[name], after[name])}
+    assert moved and all(".mechanism." in name for name in moved)
+    assert len(moved) == len([name for name in before if ".mechanism." in name])
