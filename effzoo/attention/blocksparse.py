@@ -35,11 +35,10 @@ from .checks import non_negative_int
 from .flex import FLEX_ATTENTION_FROM, attend_group_flex, supports_flex
 from .masking import gather_positions, real_tokens_first_order, scatter_positions
 
-#: Padded lengths below this use one dense SDPA with the pattern as a mask. Off by default: on
-#: CPU (torch 2.13, one BERT-base layer, forward + backward, batch 1) the block path already
-#: matches ``full`` at 512 tokens, and on a padded batch the dense path falls back to SDPA's math
-#: kernel with a (batch, heads, L, L) mask: measured on MiniLM, batch 8 at 900 tokens, it was
-#: 1.7x slower and took 2.2x the memory of the block path. Config field ``dense_attention_below``.
+#: Padded lengths below this use one dense SDPA with the pattern as a mask, where a config does not
+#: say (config field ``dense_attention_below``; the windowed patterns set 1,024). The dense path
+#: costs O(L²) memory: measured on MiniLM, batch 8 at 900 tokens, it was 1.7x slower and took 2.2x
+#: the memory of the block path, so it is only for short inputs.
 DENSE_ATTENTION_BELOW = 0
 
 #: ``allowed(query_position, key_position) -> bool``, broadcasting, on real-token positions.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import BlockSparseConfig
+from .base import WINDOWED_DENSE_BELOW, BlockSparseConfig
 
 
 class BigBirdConfig(BlockSparseConfig):
@@ -15,3 +15,4 @@ class BigBirdConfig(BlockSparseConfig):
     block_size: int = 64
     num_random_blocks: int = 3
     flex_attention_from: int | None = 4096
+    dense_attention_below: int = WINDOWED_DENSE_BELOW

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import BlockSparseConfig
+from .base import WINDOWED_DENSE_BELOW, BlockSparseConfig
 
 
 class LocalConfig(BlockSparseConfig):
@@ -14,3 +14,4 @@ class LocalConfig(BlockSparseConfig):
     block_size: int = 256
     num_blocks_before: int = 1
     num_blocks_after: int = 1
+    dense_attention_below: int = WINDOWED_DENSE_BELOW

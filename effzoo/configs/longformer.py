@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import BlockSparseConfig
+from .base import WINDOWED_DENSE_BELOW, BlockSparseConfig
 
 
 class LongformerConfig(BlockSparseConfig):
@@ -15,3 +15,4 @@ class LongformerConfig(BlockSparseConfig):
 
     attention_window: int | list[int] = 512
     attention_dilation: int | list[int] = 1
+    dense_attention_below: int = WINDOWED_DENSE_BELOW

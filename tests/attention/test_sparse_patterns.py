@@ -551,3 +551,25 @@ def test_longformer_without_hidden_states_raises():
     mechanism, _, _ = build("longformer")
     with pytest.raises(ValueError, match="hidden_states"):
         mechanism(*qkv())
+
+
+@pytest.mark.parametrize("config_name", ["LocalConfig", "LongformerConfig", "BigBirdConfig"])
+def test_windowed_patterns_run_short_inputs_dense_and_long_ones_in_blocks(config_name, monkeypatch):
+    """Below 1,024 padded tokens their blocks would gather more keys than the input has."""
+    import effzoo
+    from effzoo.attention import blocksparse
+    from effzoo.variants import get_variant
+
+    config = getattr(effzoo, config_name)(hidden_size=HIDDEN, num_attention_heads=HEADS, num_hidden_layers=1,
+                                          max_position_embeddings=1024, block_size=32, attention_window=64)
+    mechanism = get_variant(config.model_type.removeprefix("effzoo-")).model_classes["AutoModel"](config)
+    mechanism = mechanism.encoder.layer[0].attention.self.mechanism
+    calls = []
+    original = blocksparse._attend_group_dense
+    monkeypatch.setattr(blocksparse, "_attend_group_dense", lambda *a: calls.append(1) or original(*a))
+    hidden_states = torch.randn(1, 1024, HIDDEN)
+    for length in (900, 1024):
+        q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM) for _ in range(3))
+        extra = {"hidden_states": hidden_states[:, :length]} if config_name == "LongformerConfig" else {}
+        mechanism(q, k, v, **extra)
+    assert len(calls) == 1  # 900 tokens (padded to 928) dense, 1,024 in blocks
