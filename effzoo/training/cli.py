@@ -129,6 +129,10 @@ def add_distill_parser(commands: Any) -> None:
                              "the rest train at --learning-rate")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--eval-texts", type=int, default=64, help="held-out texts for the fidelity figures")
+    parser.add_argument("--select-every", type=int, default=50,
+                        help="measure the student every N steps on validation texts and save the best weights, "
+                             "the converted ones included (0: save the last)")
+    parser.add_argument("--selection-texts", type=int, default=32, help="validation texts for --select-every")
     _common(parser, data_help="unlabelled text")
     parser.set_defaults(batch_size=4, learning_rate=1e-4)
 
@@ -140,7 +144,8 @@ def run_distill(args: argparse.Namespace) -> None:
         teacher=args.teacher, student=args.student, output_dir=args.output_dir, data=args.data,
         text_column=args.text_column, max_length=args.max_length, max_steps=args.max_steps,
         time_budget_minutes=args.time_budget_minutes, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        trainable=args.trainable, mechanism_learning_rate=args.mechanism_learning_rate, eval_texts=args.eval_texts, seed=args.seed, overwrite=args.overwrite,
+        trainable=args.trainable, mechanism_learning_rate=args.mechanism_learning_rate, eval_texts=args.eval_texts,
+        select_every=args.select_every, selection_texts=args.selection_texts, seed=args.seed, overwrite=args.overwrite,
         resume_from_checkpoint=args.resume_from_checkpoint, progress=args.progress,
     )
     _print_results(distill(config))

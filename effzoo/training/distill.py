@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,9 +26,11 @@ from ..conversion.sources import resolve_source
 from ..hub.provenance import read_provenance, record_provenance
 from ..outputs import check_output_dir
 from .data import load_data
-from .fidelity import measure_fidelity
+from .fidelity import Fidelity, measure_fidelity
 
 TRAINABLE = ("all", "attention", "mechanism")
+
+logger = transformers.logging.get_logger(__name__)
 
 
 #: Warm-up steps of a time-budgeted recovery, after which the learning rate stays constant.
@@ -55,6 +58,11 @@ class DistillConfig:
     hidden_weight: float = 1.0
     attention_weight: float = 1.0
     eval_texts: int = 64
+    #: Every ``select_every`` steps the student's fidelity on ``selection_texts`` held-out texts
+    #: (never the ``eval_texts``) is measured, and the best weights, the converted ones included,
+    #: are what is saved: recovery never leaves the student worse than it found it. 0: off.
+    select_every: int = 50
+    selection_texts: int = 32
     seed: int = 0
     overwrite: bool = False
     resume_from_checkpoint: str | bool | None = None
@@ -63,15 +71,18 @@ class DistillConfig:
 
 
 class LayerOutputs:
-    """Forward hooks that collect each layer's attention-context output during one forward pass."""
+    """Forward hooks that collect each layer's attention-context output while ``recording``
+    (the training forward passes, not the fidelity measurements between them)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.outputs: list[torch.Tensor] = []
+        self.recording = False
         base = model.base_model
         self._handles = [layer.attention.self.register_forward_hook(self._keep) for layer in base.encoder.layer]
 
     def _keep(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        self.outputs.append(output[0] if isinstance(output, tuple) else output)
+        if self.recording:
+            self.outputs.append(output[0] if isinstance(output, tuple) else output)
 
     def pop(self) -> list[torch.Tensor]:
         outputs, self.outputs = self.outputs, []
@@ -100,9 +111,13 @@ class DistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {key: value for key, value in inputs.items() if key in ("input_ids", "attention_mask")}
         self.teacher.to(inputs["input_ids"].device)
-        with torch.no_grad():
-            teacher = self.teacher(**inputs, output_hidden_states=True)
-        student = model(**inputs, output_hidden_states=True)
+        self.student_attention.recording = self.teacher_attention.recording = True
+        try:
+            with torch.no_grad():
+                teacher = self.teacher(**inputs, output_hidden_states=True)
+            student = model(**inputs, output_hidden_states=True)
+        finally:
+            self.student_attention.recording = self.teacher_attention.recording = False
         mask = inputs["attention_mask"]
         hidden = layer_matching_loss(student.hidden_states[1:], teacher.hidden_states[1:], mask)
         attention = layer_matching_loss(self.student_attention.pop(), self.teacher_attention.pop(), mask)
@@ -121,6 +136,40 @@ class TimeBudget(TrainerCallback):
         if time.perf_counter() - self.started > self.seconds:
             control.should_training_stop = True
         return control
+
+
+class KeepBest(TrainerCallback):
+    """Measures the student every ``every`` steps (and before the first and after the last) with
+    ``measure``, and puts the weights with the best sentence-embedding cosine back at the end."""
+
+    def __init__(self, measure: Callable[[], Fidelity], every: int) -> None:
+        self.measure, self.every = measure, every
+        self.history: list[dict[str, float]] = []
+        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+
+    def _score(self, model: torch.nn.Module, step: int) -> None:
+        fidelity = self.measure()
+        model.train()
+        self.history.append({"step": step, **fidelity.as_dict()})
+        if self.best is None or fidelity.sentence_cosine > self.best[0]:
+            weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+            self.best = (fidelity.sentence_cosine, step, weights)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._score(model, state.global_step)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0:
+            self._score(model, state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.history[-1]["step"] != state.global_step:
+            self._score(model, state.global_step)
+        model.load_state_dict(self.best[2])
+
+    @property
+    def selected_step(self) -> int:
+        return self.best[1]
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -176,6 +225,16 @@ def held_out_texts(data, text_column: str, count: int, seed: int) -> tuple[list[
     return list(data[split].shuffle(seed=seed).select(range(count))[text_column]), split
 
 
+def selection_texts(data, text_column: str, count: int, held_out: int, seed: int) -> list[str]:
+    """Up to ``count`` texts to choose the best weights on, disjoint from training and from the
+    ``held_out`` measurement texts: validation when there is a test split, else the validation
+    texts after the measured ones."""
+    validation = data["validation"].shuffle(seed=seed)
+    start = 0 if "test" in data else held_out
+    stop = min(start + count, len(validation))
+    return list(validation.select(range(start, stop))[text_column]) if stop > start else []
+
+
 def distill(config: DistillConfig) -> dict[str, Any]:
     """Distil, measure fidelity on held-out text before and after, save the student and the results."""
     output = Path(config.output_dir)
@@ -204,6 +263,15 @@ def distill(config: DistillConfig) -> dict[str, Any]:
         use_cpu=not torch.cuda.is_available(), disable_tqdm=not config.progress, remove_unused_columns=False,
     )
     callbacks = [TimeBudget(config.time_budget_minutes)] if config.time_budget_minutes else []
+    keep_best = None
+    chosen_on = selection_texts(data, config.text_column, config.selection_texts, config.eval_texts, config.seed)
+    if config.select_every and len(chosen_on) < 3:
+        logger.warning(f"Only {len(chosen_on)} validation texts besides the measured ones: the last weights are kept "
+                       "(choosing the best needs 3 to rank similarities).")
+    elif config.select_every:
+        keep_best = KeepBest(lambda: measure_fidelity(teacher, student, tokenizer, chosen_on, config.max_length),
+                             config.select_every)
+        callbacks.append(keep_best)
     # Trainer's own AdamW (weight decay 0), with one learning rate per group; its scheduler scales each.
     optimizer = torch.optim.AdamW(learning_rate_groups(student, config.learning_rate, config.mechanism_learning_rate),
                                   weight_decay=0.0)
@@ -229,6 +297,8 @@ def distill(config: DistillConfig) -> dict[str, Any]:
         "cpu_minutes": round(cpu_minutes, 2),
         "trainable_parameters": trainable_parameters,
         "held_out": f"{len(held_out)} texts of the {held_out_split} split",
+        "selected_step": keep_best.selected_step if keep_best else trainer.state.global_step,
+        "selection": keep_best.history if keep_best else [],
         "before": before.as_dict(),
         "after": after.as_dict(),
         "config": json.loads(json.dumps(asdict(config), default=str)),

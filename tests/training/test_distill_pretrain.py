@@ -102,3 +102,23 @@ def test_the_mechanism_can_train_at_its_own_learning_rate(tmp_path, text_file):
     moved = {name for name in before if not torch.equal(before[name], after[name])}
     assert moved and all(".mechanism." in name for name in moved)
     assert len(moved) == len([name for name in before if ".mechanism." in name])
+
+
+@pytest.mark.parametrize("select_every", [2, 0], ids=["best-kept", "last-kept"])
+def test_recovery_keeps_the_best_weights_on_validation_texts(tmp_path, select_every):
+    """A ruinous learning rate: with selection the converted weights (step 0) win and are saved."""
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(" ".join(f"w{(row * 7 + i) % 90}" for i in range(30)) for row in range(200)))
+    source = save_tiny_checkpoint(BertModel, tmp_path / "teacher")
+    effzoo.convert(source, "local", tmp_path / "student", progress=False, overrides={"block_size": 4})
+    results = distill(DistillConfig(
+        teacher=str(source), student=str(tmp_path / "student"), output_dir=str(tmp_path / "out"), data=str(texts),
+        max_length=32, max_steps=4, learning_rate=0.5, eval_texts=4, select_every=select_every, selection_texts=8,
+        progress=False, save_checkpoints=False,
+    ))
+    if select_every:
+        assert [entry["step"] for entry in results["selection"]] == [0, 2, 4]
+        assert results["selected_step"] == 0
+        assert results["after"] == results["before"]
+    else:
+        assert results["after"]["sentence_cosine"] < results["before"]["sentence_cosine"] - 1e-3
