@@ -329,7 +329,8 @@ def block_sparse_attention(
 
     The batch is packed (each row's ``lengths`` real tokens first) and L is the layout's padded
     length. The global rows' context is ``global_context`` (batch, heads, g, dim) when given
-    (Longformer's, from its own projections), else their queries attend every key with q, k, v. With ``dense``, one SDPA per head group takes the pattern as an L×L boolean mask; with
+    (Longformer's, from its own projections), else their queries attend every key with q, k, v.
+    With ``dense``, one SDPA per head group takes the pattern as an L×L boolean mask; with
     ``flex`` (inference only), compiled flex attention runs the layouts it supports (``flex.py``).
     Rows of padding are not zeroed here.
     """

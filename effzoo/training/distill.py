@@ -264,7 +264,8 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     )
     callbacks = [TimeBudget(config.time_budget_minutes)] if config.time_budget_minutes else []
     keep_best = None
-    chosen_on = selection_texts(data, config.text_column, config.selection_texts, config.eval_texts, config.seed)
+    chosen_on = (selection_texts(data, config.text_column, config.selection_texts, config.eval_texts, config.seed)
+                 if config.select_every else [])
     if config.select_every and len(chosen_on) < 3:
         logger.warning(f"Only {len(chosen_on)} validation texts besides the measured ones: the last weights are kept "
                        "(choosing the best needs 3 to rank similarities).")
