@@ -74,9 +74,9 @@ class AxialAttention(BlockSparseAttention):
     ) -> list[HeadGroup]:
         device = lengths.device
         rows_used = padded_length // self.columns
-        row = KeyBlocks.neighbours(rows_used, 0, 0, self.columns, allowed=self.same_row, device=device)
+        row = KeyBlocks.neighbours(rows_used, 0, 0, self.columns, allowed=self.same_row, device=device, exact=True)
         order = residue_order(padded_length, self.columns, device)  # columns become contiguous
-        column = KeyBlocks.neighbours(self.columns, 0, 0, rows_used, order, self.same_column, device)
+        column = KeyBlocks.neighbours(self.columns, 0, 0, rows_used, order, self.same_column, device, exact=True)
         half = (num_heads + 1) // 2
         return [
             HeadGroup(slice(0, half), (Part(self.columns, (row,)),)),

@@ -74,35 +74,35 @@ def restore(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
     return x if order is None else _Reorder.apply(x, torch.argsort(order))
 
 
-class _ShiftedBlocks(torch.autograd.Function):
-    """Block b's keys: blocks b + offset for each offset (zeros outside), then ``tail`` keys shared
-    by every block. One copy forward and one accumulation backward, where padding, slicing and
-    concatenating would copy every piece twice each way."""
+class _GatheredKeys(torch.autograd.Function):
+    """Each query block's keys from every source, then ``tail`` keys shared by every block, written
+    once into one buffer; backward accumulates each piece into its source's blocks. Gathering the
+    sources apart and concatenating them would copy every key twice each way."""
 
     @staticmethod
-    def forward(ctx: Any, blocks: torch.Tensor, tail: torch.Tensor | None, offsets: tuple[int, ...]) -> torch.Tensor:
-        heads, batch, num_blocks, size, dim = blocks.shape
+    def forward(ctx: Any, sources: tuple[KeyBlocks, ...], tail: torch.Tensor | None, *blocks: torch.Tensor) -> torch.Tensor:
+        heads, batch, _, _, dim = blocks[0].shape
+        widths = [source.index.shape[-1] * source.size for source in sources]
         extra = 0 if tail is None else tail.shape[2]
-        out = blocks.new_empty(heads, batch, num_blocks, len(offsets) * size + extra, dim)
-        for piece, (low, high, offset) in enumerate(_shift_ranges(num_blocks, offsets)):
-            keys = out[:, :, :, piece * size : (piece + 1) * size]
-            keys[:, :, low:high] = blocks[:, :, low + offset : high + offset]
-            keys[:, :, :low] = 0
-            keys[:, :, high:] = 0
+        out = blocks[0].new_empty(heads, batch, sources[0].index.shape[2], sum(widths) + extra, dim)
+        start = 0
+        for source, source_blocks, width in zip(sources, blocks, widths, strict=True):
+            source.write_keys(source_blocks, out[:, :, :, start : start + width])
+            start += width
         if tail is not None:
-            out[:, :, :, len(offsets) * size :] = tail[:, :, None]
-        ctx.offsets, ctx.size, ctx.has_tail = offsets, size, tail is not None
+            out[:, :, :, start:] = tail[:, :, None]
+        ctx.sources, ctx.widths, ctx.has_tail = sources, widths, tail is not None
+        ctx.block_shapes = [source_blocks.shape for source_blocks in blocks]
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, None]:
-        heads, batch, num_blocks, _, dim = grad.shape
-        size, pieces = ctx.size, len(ctx.offsets)
-        grad_blocks = grad.new_zeros(heads, batch, num_blocks, size, dim)
-        for piece, (low, high, offset) in enumerate(_shift_ranges(num_blocks, ctx.offsets)):
-            grad_blocks[:, :, low + offset : high + offset] += grad[:, :, low:high, piece * size : (piece + 1) * size]
-        grad_tail = grad[:, :, :, pieces * size :].sum(2) if ctx.has_tail else None
-        return grad_blocks, grad_tail, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grads, start = [], 0
+        for source, width, shape in zip(ctx.sources, ctx.widths, ctx.block_shapes, strict=True):
+            grads.append(source.accumulate_keys(grad[:, :, :, start : start + width], shape))
+            start += width
+        grad_tail = grad[:, :, :, start:].sum(2) if ctx.has_tail else None
+        return None, grad_tail, *grads
 
 
 def _shift_ranges(num_blocks: int, offsets: tuple[int, ...]) -> list[tuple[int, int, int]]:
@@ -117,8 +117,11 @@ class KeyBlocks:
     ``index`` is a long tensor (heads or 1, batch or 1, query_blocks, n): the key blocks each query
     block sees, -1 for none; its valid entries are distinct. ``allowed`` keeps a subset of their
     keys; for a causal pattern it must be the source's whole definition, since decoding with a
-    cache evaluates it alone. ``offsets``, set by :meth:`neighbours`, says that block b sees blocks
-    b + offset: those are gathered by shifting, with no index.
+    cache evaluates it alone. ``exact`` says that the blocks hold exactly the keys ``allowed``
+    keeps (blocked local attention, a grid row): the block path then skips the predicate, and
+    without causality its mask depends on the key only, one row per block instead of one per
+    query. ``offsets``, set by :meth:`neighbours`, says that block b sees blocks b + offset: those
+    are gathered by shifting, with no index.
     """
 
     index: torch.Tensor
@@ -126,6 +129,7 @@ class KeyBlocks:
     order: torch.Tensor | None = None
     allowed: Predicate | None = None
     offsets: tuple[int, ...] | None = None
+    exact: bool = False
 
     @classmethod
     def neighbours(
@@ -137,12 +141,18 @@ class KeyBlocks:
         order: torch.Tensor | None = None,
         allowed: Predicate | None = None,
         device: torch.device | None = None,
+        exact: bool = False,
     ) -> KeyBlocks:
         """Blocks b - before … b + after for each of ``num_blocks`` query blocks b."""
         offsets = tuple(range(-before, after + 1))
         index = torch.arange(num_blocks, device=device)[:, None] + torch.tensor(offsets, device=device)
         index = index.masked_fill((index < 0) | (index >= num_blocks), -1)[None, None]
-        return cls(index, size, order, allowed, offsets)
+        return cls(index, size, order, allowed, offsets, exact)
+
+    @property
+    def trims(self) -> bool:
+        """Whether the block path must evaluate ``allowed`` (it cuts keys out of the blocks)."""
+        return self.allowed is not None and not self.exact
 
     def positions(self) -> torch.Tensor:
         """(heads or 1, batch or 1, query_blocks, n · size) key positions, -1 where none."""
@@ -151,22 +161,51 @@ class KeyBlocks:
         positions = slots.clamp(min=0) if self.order is None else self.order[slots.clamp(min=0)]
         return positions.masked_fill(slots < 0, -1)
 
-    def gather(self, x: torch.Tensor, tail: torch.Tensor | None = None) -> torch.Tensor:
-        """(heads, batch, query_blocks, keys, dim): the keys of x (heads, batch, L, dim) that each
-        query block sees, in the order of :meth:`positions`, then ``tail`` (heads, batch, g, dim)."""
+    def blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """x (heads, batch, L, dim) in the source's order, cut into blocks: (heads, batch, L / size, size, dim)."""
         heads, batch, length, dim = x.shape
-        blocks = reorder(x, self.order).reshape(heads, batch, length // self.size, self.size, dim)
+        return reorder(x, self.order).reshape(heads, batch, length // self.size, self.size, dim)
+
+    def write_keys(self, blocks: torch.Tensor, out: torch.Tensor) -> None:
+        """Write the keys each query block sees, in the order of :meth:`positions`, into ``out``
+        (heads, batch, query_blocks, n · size, dim), zeros where a block does not exist."""
+        heads, batch, num_blocks, size, dim = blocks.shape
         if self.offsets is not None:
-            if self.offsets == (0,) and tail is None:
-                return blocks
-            return _ShiftedBlocks.apply(blocks, tail, self.offsets)
-        base = torch.arange(heads * batch, device=x.device).view(heads, batch, 1, 1) * blocks.shape[2]
-        index = (base + self.index.clamp(min=0)).expand(heads, batch, *self.index.shape[2:])
-        gathered = blocks.reshape(-1, self.size * dim).index_select(0, index.reshape(-1))
-        gathered = gathered.view(heads, batch, index.shape[2], -1, dim)
-        if tail is None:
-            return gathered
-        return torch.cat([gathered, tail[:, :, None].expand(-1, -1, gathered.shape[2], -1, -1)], dim=3)
+            for piece, (low, high, offset) in enumerate(_shift_ranges(num_blocks, self.offsets)):
+                keys = out[:, :, :, piece * size : (piece + 1) * size]
+                keys[:, :, low:high] = blocks[:, :, low + offset : high + offset]
+                keys[:, :, :low] = 0
+                keys[:, :, high:] = 0
+            return
+        index = self._flat_index(heads, batch, num_blocks)
+        out.copy_(blocks.reshape(-1, size * dim).index_select(0, index.reshape(-1)).view_as(out))
+
+    def accumulate_keys(self, grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """The gradient of :meth:`write_keys` for its blocks (of ``shape``), from the keys' ``grad``."""
+        heads, batch, num_blocks, size, dim = shape
+        grad_blocks = grad.new_zeros(shape)
+        if self.offsets is not None:
+            for piece, (low, high, offset) in enumerate(_shift_ranges(num_blocks, self.offsets)):
+                grad_blocks[:, :, low + offset : high + offset] += grad[:, :, low:high, piece * size : (piece + 1) * size]
+            return grad_blocks
+        index = self._flat_index(heads, batch, num_blocks).reshape(-1)
+        grad_blocks.view(-1, size * dim).index_add_(0, index, grad.reshape(index.numel(), size * dim))
+        return grad_blocks
+
+    def _flat_index(self, heads: int, batch: int, num_blocks: int) -> torch.Tensor:
+        """``index`` into blocks flattened over (heads, batch, blocks); -1 entries read block 0 (masked)."""
+        base = torch.arange(heads * batch, device=self.index.device).view(heads, batch, 1, 1) * num_blocks
+        return (base + self.index.clamp(min=0)).expand(heads, batch, *self.index.shape[2:])
+
+
+def gather_keys(x: torch.Tensor, sources: Sequence[KeyBlocks], tail: torch.Tensor | None = None) -> torch.Tensor:
+    """(heads, batch, query_blocks, keys, dim): the keys of x (heads, batch, L, dim) that each query
+    block sees, source after source in the order of their :meth:`KeyBlocks.positions`, then
+    ``tail`` (heads, batch, g, dim)."""
+    blocks = [source.blocks(x) for source in sources]
+    if len(sources) == 1 and sources[0].offsets == (0,) and tail is None:
+        return blocks[0]
+    return _GatheredKeys.apply(tuple(sources), tail, *blocks)
 
 
 @dataclass(frozen=True)
@@ -396,25 +435,29 @@ def _part_inputs(q, k, v, part: Part, batch: _Batch, with_globals: bool):
     heads, batch_size, length, dim = q.shape
     query_positions = part.query_positions(length, q.device).int()
     num_blocks, block_size = query_positions.shape
-    rows = query_positions[:, :, None]  # (blocks, block_size, 1)
+    # Without causality or trimming, every query of a block keeps the same keys: one mask row per
+    # block, which SDPA broadcasts (a 64-256x smaller mask to build and to convert).
+    per_query = batch.causal or any(source.trims for source in part.keys)
+    rows = query_positions[:, :, None] if per_query else query_positions[:, :1, None]  # (blocks, rows, 1)
 
-    masks = [_key_mask(rows, source.positions().int()[..., None, :], batch, source.allowed) for source in part.keys]
+    masks = [
+        _key_mask(rows, source.positions().int()[..., None, :], batch, source.allowed if source.trims else None)
+        for source in part.keys
+    ]
     globals_ = batch.global_tokens if with_globals else None
     if globals_ is not None:  # appended to the last source's keys, shared by every block
         masks.append(_global_key_mask(rows, batch))
     mask_heads = max(m.shape[0] for m in masks)
-    masks = [m.expand(mask_heads, batch_size, num_blocks, block_size, -1) for m in masks]
+    masks = [m.expand(mask_heads, batch_size, num_blocks, rows.shape[1], -1) for m in masks]
     mask = masks[0] if len(masks) == 1 else torch.cat(masks, dim=-1)
 
     def blocked(x: torch.Tensor) -> torch.Tensor:
         """The keys (or values) of every source and the global ones: (heads, batch·blocks, keys, dim)."""
         tail = None if globals_ is None else globals_.gather(x)
-        pieces = [s.gather(x, tail if i == len(part.keys) - 1 else None) for i, s in enumerate(part.keys)]
-        x = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=3)
-        return x.reshape(heads, batch_size * num_blocks, -1, dim)
+        return gather_keys(x, part.keys, tail).reshape(heads, batch_size * num_blocks, -1, dim)
 
     blocked_q = reorder(q, part.order).reshape(heads, batch_size * num_blocks, block_size, dim)
-    return blocked_q, blocked(k), blocked(v), mask.reshape(mask_heads, batch_size * num_blocks, block_size, -1)
+    return blocked_q, blocked(k), blocked(v), mask.reshape(mask_heads, batch_size * num_blocks, rows.shape[1], -1)
 
 
 def _unblock(x: torch.Tensor, part: Part, batch_size: int) -> torch.Tensor:

@@ -59,7 +59,7 @@ class LocalAttention(BlockSparseAttention):
         after = 0 if causal else self.num_blocks_after
         keys = KeyBlocks.neighbours(
             padded_length // self.block_size, self.num_blocks_before, after, self.block_size,
-            allowed=self.allowed, device=lengths.device,
+            allowed=self.allowed, device=lengths.device, exact=True,
         )
         return [HeadGroup(slice(0, num_heads), (Part(self.block_size, (keys,)),))]
 
