@@ -749,7 +749,7 @@ class BlockSparseAttention(AttentionMechanism):
             global_tokens=global_tokens,
             causal=causal,
             global_context=global_context,
-            dropout_p=self.dropout if self.training else 0.0,
+            dropout_p=self.attention_dropout(q),
             dense=padded_length < self.dense_attention_below,
             flex=self._use_flex(padded_length, q, k, v),
         )[:, :, :length]

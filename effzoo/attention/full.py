@@ -42,7 +42,7 @@ class FullAttention(AttentionMechanism):
     ) -> torch.Tensor:
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        dropout_p = self.dropout if self.training else 0.0
+        dropout_p = self.attention_dropout(q)
         query_length, key_length = q.shape[-2], k.shape[-2]
         causal = causal and query_length > 1  # a single new token sees the whole cache
 

@@ -177,7 +177,7 @@ class SlidingWindowAttention(BlockSparseAttention):
         real = real | ~real.any(-1, keepdim=True)  # finite rows for empty sequences
         mixed = F.scaled_dot_product_attention(
             folded.reshape(batch, 1, num_heads * num_global, hidden + 1).to(tokens.dtype), tokens, tokens,
-            attn_mask=real[:, None, None, :], dropout_p=self.dropout if self.training else 0.0,
+            attn_mask=real[:, None, None, :], dropout_p=self.attention_dropout(tokens),
             scale=head_dim**-0.5,
         ).view(batch, num_heads, num_global, hidden + 1)
         return torch.einsum("bhgk,hdk->bhgd", mixed, per_head_with_bias(self.value_global).to(mixed.dtype))

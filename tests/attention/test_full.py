@@ -69,3 +69,29 @@ def test_dropout_only_in_training():
     eval_out = attention.eval()(q, k, v)
     torch.testing.assert_close(attention.eval()(q, k, v), eval_out)
     assert not torch.allclose(attention.train()(q, k, v), eval_out)
+
+
+
+def test_attention_dropout_on_cpu_warns_once_in_training_only():
+    """SDPA has no fused CPU kernel with dropout: the memory cost is announced, once; eval is silent."""
+    import logging
+
+    from effzoo.attention.base import logger
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.Logger.warning_once.cache_clear()
+    logger.addHandler(handler)
+    mechanism = FullAttention(SimpleNamespace(attention_probs_dropout_prob=0.1, num_hidden_layers=1))
+    q, k, v = qkv()
+    try:
+        mechanism.eval()(q, k, v)
+        assert records == []
+        mechanism.train()(q, k, v)
+        mechanism.train()(q, k, v)
+    finally:
+        logger.removeHandler(handler)
+    assert len(records) == 1
+    message = records[0].getMessage()
+    assert "attention_probs_dropout_prob=0.1" in message and "attention_probs_dropout_prob=0" in message
