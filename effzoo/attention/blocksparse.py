@@ -80,7 +80,9 @@ class _GatheredKeys(torch.autograd.Function):
     sources apart and concatenating them would copy every key twice each way."""
 
     @staticmethod
-    def forward(ctx: Any, sources: tuple[KeyBlocks, ...], tail: torch.Tensor | None, *blocks: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any, sources: tuple[KeyBlocks, ...], tail: torch.Tensor | None, *blocks: torch.Tensor
+    ) -> torch.Tensor:
         heads, batch, _, _, dim = blocks[0].shape
         widths = [source.index.shape[-1] * source.size for source in sources]
         extra = 0 if tail is None else tail.shape[2]
@@ -186,7 +188,8 @@ class KeyBlocks:
         grad_blocks = grad.new_zeros(shape)
         if self.offsets is not None:
             for piece, (low, high, offset) in enumerate(_shift_ranges(num_blocks, self.offsets)):
-                grad_blocks[:, :, low + offset : high + offset] += grad[:, :, low:high, piece * size : (piece + 1) * size]
+                keys = grad[:, :, low:high, piece * size : (piece + 1) * size]
+                grad_blocks[:, :, low + offset : high + offset] += keys
             return grad_blocks
         index = self._flat_index(heads, batch, num_blocks).reshape(-1)
         grad_blocks.view(-1, size * dim).index_add_(0, index, grad.reshape(index.numel(), size * dim))
@@ -474,9 +477,11 @@ def _with_empty_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
 
 
 def _attend_group_blocks(q, k, v, group: HeadGroup, batch: _Batch) -> torch.Tensor:
-    """SDPA on gathered blocks: one call for a one-part group, a merged softmax for several."""
+    """SDPA on gathered blocks: one call for a one-part group, a merged softmax for several (fused on CPU)."""
     inputs = [_part_inputs(q, k, v, part, batch, with_globals=i == 0) for i, part in enumerate(group.parts)]
     if len(inputs) > 1:
+        if q.device.type == "cpu" and not batch.dropout_p:
+            return _FlashUnion.apply(group.parts, q.shape[1], *[x for part in inputs for x in part])
         return _merged_softmax(inputs, group.parts, batch)
     blocked_q, keys, values, mask = inputs[0]
     mask, empty = _with_empty_rows(mask)
@@ -490,6 +495,61 @@ def _attend_group_flex_or_blocks(q, k, v, group: HeadGroup, batch: _Batch) -> to
     """Compiled flex attention on the group's block mask (``flex.py``), else the block path."""
     context = attend_group_flex(q, k, v, group, batch, _key_mask)
     return _attend_group_blocks(q, k, v, group, batch) if context is None else context
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask as SDPA's additive one: 0 where kept, -inf where not."""
+    return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+
+
+def _blocked_like(x: torch.Tensor, part: Part, blocked_q: torch.Tensor) -> torch.Tensor:
+    """x (heads, batch, L, ...) in natural order, cut like the part's blocked queries (undoes :func:`_unblock`)."""
+    x = x if part.order is None else x.index_select(2, part.order)
+    return x.reshape(*blocked_q.shape[:3], *x.shape[3:])
+
+
+class _FlashUnion(torch.autograd.Function):
+    """Exact softmax attention over the union of several parts' disjoint key sets, on SDPA's fused CPU kernel.
+
+    Each part runs the flash kernel on its own blocks, which also returns its log-sum-exp; the
+    parts' outputs merge with weights exp(lse_p - lse). The backward runs each part's flash
+    backward with the *merged* output and log-sum-exp, so the probabilities it recomputes are
+    those of the union softmax: the gradients are exact, with no scores stored (the fallback,
+    :func:`_merged_softmax`, keeps them; it serves dropout and other devices).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, parts: tuple[Part, ...], batch_size: int, *tensors: torch.Tensor) -> torch.Tensor:
+        inputs = [tensors[i : i + 4] for i in range(0, len(tensors), 4)]
+        outputs, lses = [], []
+        for (blocked_q, keys, values, mask), part in zip(inputs, parts, strict=True):
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                blocked_q, keys, values, 0.0, False, attn_mask=_additive(mask, blocked_q.dtype)
+            )
+            lse = lse.masked_fill(~mask.any(-1), float("-inf"))  # the kernel gives 0 for a row with no key
+            outputs.append(_unblock(out, part, batch_size))
+            lses.append(_unblock(lse[..., None], part, batch_size))
+        total = torch.logsumexp(torch.stack(lses), dim=0)
+        total = total.masked_fill(torch.isinf(total), 0.0)  # rows with no key at all: zero output, zero grad
+        context = sum(torch.exp(lse - total).to(out.dtype) * out for lse, out in zip(lses, outputs, strict=True))
+        ctx.parts = parts
+        ctx.save_for_backward(context, total, *tensors)
+        return context
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        context, total, *tensors = ctx.saved_tensors
+        grads: list[torch.Tensor | None] = [None, None]
+        for i, part in enumerate(ctx.parts):
+            blocked_q, keys, values, mask = tensors[4 * i : 4 * i + 4]
+            grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                _blocked_like(grad, part, blocked_q).contiguous(), blocked_q, keys, values,
+                _blocked_like(context, part, blocked_q).contiguous(),
+                _blocked_like(total, part, blocked_q)[..., 0].contiguous(),
+                0.0, False, attn_mask=_additive(mask, blocked_q.dtype),
+            )
+            grads += [grad_q, grad_k, grad_v, None]
+        return tuple(grads)
 
 
 def _merged_softmax(inputs, parts: Sequence[Part], batch: _Batch) -> torch.Tensor:

@@ -155,9 +155,9 @@ def reference_allowed(pattern, lengths, length, padding, causal, special=True, u
 LOCAL = {"block_size": 4, "num_blocks_before": 1, "num_blocks_after": 2}
 LOCAL_WIDE = {"block_size": 8, "num_blocks_before": 2, "num_blocks_after": 0}
 DILATED = {"attention_window": [4, 10], "attention_dilation": [1, 2, 2, 3]}
-STRIDED = {"sparse_pattern": "strided", "stride": 5}
+STRIDED = {"sparse_pattern": "strided", "stride": 5, "sparse_heads": "split"}
 STRIDED_MERGED = {"sparse_pattern": "strided", "stride": 4, "sparse_heads": "merged"}
-FIXED = {"sparse_pattern": "fixed", "stride": 6, "summary_size": 2}
+FIXED = {"sparse_pattern": "fixed", "stride": 6, "summary_size": 2, "sparse_heads": "split"}
 FIXED_MERGED = {"sparse_pattern": "fixed", "stride": 4, "summary_size": 1, "sparse_heads": "merged"}
 
 #: name -> (mechanism class, config fields, reference pattern factory given the mechanism)
@@ -464,7 +464,8 @@ MEMORY_CASES = {
     "local": (LocalAttention, {"block_size": 128, "num_blocks_before": 1, "num_blocks_after": 1}),
     "longformer": (SlidingWindowAttention, {"attention_window": 256, "attention_dilation": [1, 2]}),
     "bigbird": (RandomBlocksAttention, {"block_size": 64, "num_random_blocks": 3}),
-    "strided": (StridedAttention, {"sparse_pattern": "strided", "stride": 128}),
+    "strided": (StridedAttention, {"sparse_pattern": "strided", "stride": 128, "sparse_heads": "split"}),
+    "strided-merged": (StridedAttention, {"sparse_pattern": "strided", "stride": 128, "sparse_heads": "merged"}),
     "fixed-merged": (StridedAttention, {**FIXED_MERGED, "stride": 256, "summary_size": 2}),
     "axial": (AxialAttention, {"axial_shape": (64, 128)}),
 }
@@ -510,8 +511,8 @@ def test_memory_grows_linearly(name):
         (StridedAttention, {"stride": 0}, "stride"),
         (StridedAttention, {"sparse_pattern": "diagonal"}, "sparse_pattern"),
         (StridedAttention, {"sparse_heads": "some"}, "sparse_heads"),
-        (StridedAttention, {"stride": 4, "summary_size": 5}, "summary_size"),
-        (StridedAttention, {"num_attention_heads": 1}, "sparse_heads='split'"),
+        (StridedAttention, {"sparse_pattern": "fixed", "stride": 4, "summary_size": 5}, "summary_size"),
+        (StridedAttention, {"sparse_heads": "split", "num_attention_heads": 1}, "sparse_heads='split'"),
         (AxialAttention, {"axial_shape": (4, 0)}, "axial_shape"),
         (AxialAttention, {"axial_shape": 8}, "axial_shape"),
         (AxialAttention, {"num_attention_heads": 1}, "num_attention_heads"),
