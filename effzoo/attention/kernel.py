@@ -11,6 +11,9 @@ normaliser φ(q)·Σφ(k) rides along with the numerator in the same matrix prod
   and a prefix sum over chunks (the chunk form of eq. 8–9, as in fla's ``chunk`` kernels).
 - Decoding: :class:`KernelAttentionCache` keeps S (and the FAVOR+ key stabiliser) per layer, so
   each new token costs O(m·d).
+- Hybrid (``hybrid_window``, Hedgehog only, bidirectional): exact softmax weights on a window of
+  neighbouring blocks, kernel weights beyond, one normaliser (LoLCATs, Zhang et al. 2024,
+  eq. 6, with its block-wise "terraced" window): O(L·(m + window)·d).
 
 The slow, obviously correct reference is the explicit kernel matrix φ(Q)φ(K)ᵀ, masked and
 row-normalised (the tests build it). Attention-probability dropout has no linear-time
@@ -35,7 +38,13 @@ from .feature_maps import (
     HedgehogFeatures,
     upcast,
 )
-from .masking import query_padding_mask, zero_padded_queries
+from .masking import (
+    gather_positions,
+    query_padding_mask,
+    real_tokens_first_order,
+    scatter_positions,
+    zero_padded_queries,
+)
 
 KERNELS = ("softmax", "relu", "elu", "hedgehog")
 
@@ -192,6 +201,59 @@ def causal_linear_attention(
     return out.view(batch, heads, num_chunks * chunk, width)[:, :, :length], state
 
 
+def softmax_window_correction(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    phi_q: torch.Tensor,
+    phi_k: torch.Tensor,
+    values: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    window: int,
+) -> torch.Tensor:
+    """Σ_{j∈W(i)} (exp(q_i·k_j/√d − c_i) − φ(q_i)·φ(k_j)) values_j: added to linear attention's
+    φ(Q)S, it gives the keys in the window W(i) softmax weights instead of kernel ones.
+
+    W(i) is the query's block of ``window`` positions and the blocks on each side (LoLCATs'
+    block-wise window); c_i, the row's largest window score, keeps exp ≤ 1, and the kernel
+    weights beyond keep their scale (LoLCATs, eq. 6). ``phi_k`` and ``values`` are already zero
+    on padded keys; ``key_mask`` (batch, L) is True on real ones. Blocks count real tokens only
+    (a padded batch is reordered real tokens first), so padding never moves a window. Memory
+    O(L · 3·window).
+    """
+    if key_mask is None:
+        return _packed_window_correction(q, k, phi_q, phi_k, values, None, window)
+    order = real_tokens_first_order(key_mask)
+    q, k, phi_q, phi_k, values = (gather_positions(x, order) for x in (q, k, phi_q, phi_k, values))
+    packed = _packed_window_correction(q, k, phi_q, phi_k, values, key_mask.gather(1, order), window)
+    return scatter_positions(packed, order)
+
+
+def _packed_window_correction(q, k, phi_q, phi_k, values, key_mask, window: int) -> torch.Tensor:
+    """:func:`softmax_window_correction` of a batch whose real tokens come first."""
+    batch, heads, length, head_dim = q.shape
+    num_blocks = -(-length // window)
+    pad = num_blocks * window - length
+
+    def blocks(x: torch.Tensor) -> torch.Tensor:
+        """(batch, heads, L, dim) -> (batch, heads, blocks, window, dim)."""
+        return F.pad(x, (0, 0, 0, pad)).view(*x.shape[:2], num_blocks, window, x.shape[-1])
+
+    def neighbours(x: torch.Tensor) -> torch.Tensor:
+        """(batch, heads, L, dim) -> (batch, heads, blocks, 3·window, dim): blocks b − 1, b, b + 1."""
+        return F.pad(x, (0, 0, window, window + pad)).unfold(2, 3 * window, window).transpose(-1, -2)
+
+    real = q.new_ones(batch, length) if key_mask is None else key_mask.to(q.dtype)
+    real = neighbours(real[:, None, :, None])[..., 0][:, :, :, None, :] > 0  # (batch, 1, blocks, 1, 3·window)
+    scores = blocks(q) @ neighbours(k).transpose(-1, -2) * head_dim**-0.5
+    scores = scores.masked_fill(~real, float("-inf"))
+    # Not a cancelling constant (the kernel weights are not scaled by it): part of the function, with its gradient.
+    stabiliser = scores.amax(dim=-1, keepdim=True)
+    stabiliser = torch.where(torch.isfinite(stabiliser), stabiliser, torch.zeros_like(stabiliser))
+    weights = torch.exp(scores - stabiliser) - blocks(phi_q) @ neighbours(phi_k).transpose(-1, -2)
+    out = weights @ neighbours(values)
+    return out.reshape(batch, heads, num_blocks * window, -1)[:, :, :length]
+
+
 class KernelAttention(AttentionMechanism):
     """softmax(QKᵀ/√d)V ≈ φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1), bidirectional or causal, with a recurrent cache.
 
@@ -206,6 +268,9 @@ class KernelAttention(AttentionMechanism):
       calls; None never redraws. Ignored by the deterministic kernels.
     - ``causal_chunk_size`` [64]: chunk length of the causal form (exact at any value).
     - ``hedgehog_feature_dim`` [None = head_dim]: Hedgehog's W maps head_dim → this; m = 2× it.
+    - ``hybrid_window`` [None]: Hedgehog only, bidirectional only: softmax attention on the
+      query's block of this many tokens and its two neighbours, kernel attention beyond
+      (:func:`softmax_window_correction`); None is pure kernel attention.
 
     Padded keys leave both numerator and normaliser (zero φ(K) rows); padded queries give zero
     context; all sums are float32 (float64 inputs stay float64).
@@ -250,6 +315,20 @@ class KernelAttention(AttentionMechanism):
             "use None for head_dim.",
             allow_none=True,
         )
+        self.hybrid_window = positive_int(
+            "hybrid_window", getattr(config, "hybrid_window", None), "e.g. 32, or None for pure Hedgehog.",
+            allow_none=True,
+        )
+        if self.hybrid_window is not None and kernel != "hedgehog":
+            raise ValueError(
+                f"hybrid_window is for the hedgehog kernel (its features have no key stabiliser to reconcile with "
+                f"softmax weights), got kernel={kernel!r}; drop hybrid_window or use the hedgehog variant."
+            )
+        if self.hybrid_window is not None and getattr(config, "is_decoder", False):
+            raise ValueError(
+                "hybrid_window is bidirectional only: is_decoder=True (a causal model) is not supported with it. "
+                "Set hybrid_window=None for a causal Hedgehog LM."
+            )
         self.kernel = kernel
         self.feature_map: FeatureMap
         if kernel in ("softmax", "relu"):
@@ -288,6 +367,8 @@ class KernelAttention(AttentionMechanism):
             layer = cache.state_layer(self.layer_idx)
         elif self.training:
             self.feature_map.count_training_call()  # never while a cache holds states of these features
+        if causal and self.hybrid_window is not None:
+            raise ValueError("hybrid_window is bidirectional only; got causal=True. Set hybrid_window=None.")
         past = layer.tokens_seen if layer is not None else 0
         if padding_mask is not None and padding_mask.shape[-1] != past + k.shape[-2]:
             raise ValueError(
@@ -318,6 +399,10 @@ class KernelAttention(AttentionMechanism):
                 if state is not None:
                     new_state = new_state + state
                 out = phi_q @ new_state
+                if self.hybrid_window is not None:
+                    out = out + softmax_window_correction(
+                        upcast(q), upcast(k), phi_q, phi_k, values, new_mask, self.hybrid_window
+                    )
             if layer is not None:
                 layer.write(new_state, log_scale, k.shape[-2], self.feature_map.version)
 

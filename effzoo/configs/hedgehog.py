@@ -12,11 +12,14 @@ class HedgehogConfig(EffzooConfig):
 
     ``hedgehog_feature_dim`` is the width of W (None: head_dim; φ has twice as many features).
     At conversion W is the identity and b zero (see ``HedgehogFeatures``); ``effzoo distill``
-    then trains them to match the teacher's attention.
+    then trains them to match the teacher's attention. ``hybrid_window`` (None: off; bidirectional
+    only) gives the keys in the query's block of that many tokens and its two neighbours exact
+    softmax weights, kernel weights beyond (LoLCATs, Zhang et al. 2024).
     """
 
     model_type = "effzoo-hedgehog"
     kernel: ClassVar[str] = "hedgehog"
 
     hedgehog_feature_dim: int | None = None
+    hybrid_window: int | None = None
     causal_chunk_size: int = 64

@@ -179,6 +179,80 @@ def test_padding_invariance(kernel: str, causal: bool, side: str) -> None:
     assert all(torch.isfinite(t.grad).all() for t in inputs)
 
 
+def hybrid_reference(mechanism: KernelAttention, q, k, v, padding_mask, window: int) -> torch.Tensor:
+    """LoLCATs' weights, explicitly: exp(s_ij - c_i) on the window (the query's block of real-token
+    positions and its two neighbours, c_i the row's largest window score), φ(q_i)·φ(k_j) beyond,
+    over real keys, normalised by their sum; float64."""
+    length = q.shape[-2]
+    real = torch.ones(q.shape[0], length, dtype=torch.bool) if padding_mask is None else padding_mask
+    position = real.long().cumsum(-1) - 1  # among the real tokens
+    block = torch.div(position, window, rounding_mode="floor")
+    in_window = (block[:, :, None] - block[:, None, :]).abs() <= 1  # (batch, L, L)
+    keys = real[:, None, None, :]
+    in_window = in_window[:, None] & keys
+    scores = (q.double() @ k.double().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    stabiliser = scores.masked_fill(~in_window, float("-inf")).amax(-1, keepdim=True)
+    phi_q = mechanism.feature_map(q.double(), is_query=True)
+    phi_k = mechanism.feature_map(k.double(), is_query=False)
+    kernel = phi_q @ phi_k.transpose(-1, -2)
+    weights = torch.where(in_window, torch.exp(scores - stabiliser), kernel * keys).nan_to_num(0.0)
+    out = (weights @ v.double()) / weights.sum(-1, keepdim=True)
+    out = out.nan_to_num(0.0).masked_fill(~real[:, None, :, None], 0.0)
+    return out.float()
+
+
+@pytest.mark.parametrize("side", [None, "right", "left"])
+@pytest.mark.parametrize("window", [3, 4, 16])
+def test_hybrid_window_equals_explicit_weights_with_gradients(side: str | None, window: int) -> None:
+    """Hedgehog + softmax window (LoLCATs) against its explicit L×L weights: values and gradients."""
+    mechanism = make("hedgehog", hybrid_window=window)
+    q, k, v = (x.requires_grad_() for x in qkv(length=11, scale=1.5))
+    mask = padding(3, 11, side)
+    out = mechanism(q, k, v, padding_mask=mask)
+    expected = hybrid_reference(mechanism, q, k, v, mask, window)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(out)
+    gradients = torch.autograd.grad((out * weights).sum(), (q, k, v, mechanism.feature_map.weight))
+    expected_gradients = torch.autograd.grad((expected * weights).sum(), (q, k, v, mechanism.feature_map.weight))
+    for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
+        torch.testing.assert_close(gradient, expected_gradient, atol=1e-5, rtol=1e-5)
+
+
+def test_hybrid_window_covering_the_sequence_is_softmax_attention() -> None:
+    """When the window holds every key, no kernel weight is left: exact softmax attention."""
+    mechanism = make("hedgehog", hybrid_window=8)
+    q, k, v = qkv(length=8, scale=1.5)
+    expected = dense_reference_attention(q, k, v, padding_and_causal_pattern(None, 8, 8, False))
+    torch.testing.assert_close(mechanism(q, k, v), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_hybrid_window_is_padding_invariant() -> None:
+    mechanism = make("hedgehog", hybrid_window=2)
+    q, k, v = qkv(batch=1, length=7)
+    alone = mechanism(q, k, v)
+    padded = [torch.cat([torch.full((1, HEADS, 3, HEAD_DIM), 30.0), x], 2) for x in (q, k, v)]
+    mask = torch.tensor([[False] * 3 + [True] * 7])
+    torch.testing.assert_close(mechanism(*padded, padding_mask=mask)[:, :, 3:], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"kernel": "softmax", "hybrid_window": 4}, "hybrid_window is for the hedgehog kernel"),
+        ({"kernel": "hedgehog", "hybrid_window": 0}, "hybrid_window"),
+        ({"kernel": "hedgehog", "hybrid_window": 4, "is_decoder": True}, "bidirectional only"),
+    ],
+)
+def test_hybrid_window_bad_config(fields, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        make(**fields)
+
+
+def test_hybrid_window_refuses_causal_calls() -> None:
+    with pytest.raises(ValueError, match="bidirectional only"):
+        make("hedgehog", hybrid_window=4)(*qkv(), causal=True)
+
+
 def test_fully_padded_rows_are_zero_not_nan() -> None:
     for kernel in KERNELS:
         mechanism = make(kernel)
@@ -296,6 +370,18 @@ def test_never_allocates_length_squared() -> None:
     for causal in (False, True):
         peak = largest_allocation(lambda causal=causal: mechanism(q, k, v, causal=causal).sum().backward())
         assert peak < length * length * 4 / 64, peak  # an L×L float32 tensor would be 268 MB; chunks are 2 MB
+
+
+def test_hybrid_window_memory_is_linear_in_length() -> None:
+    mechanism = make("hedgehog", hybrid_window=64, num_attention_heads=1, hidden_size=8)
+
+    def peak(length: int) -> int:
+        q, k, v = (torch.randn(1, 1, length, 8, requires_grad=True) for _ in range(3))
+        return largest_allocation(lambda: mechanism(q, k, v).sum().backward())
+
+    small, large = peak(4096), peak(8192)
+    assert large < 2.6 * small, (small, large)  # quadratic would be 4×
+    assert large < 8192 * 8192 * 4 / 16
 
 
 def test_cache_interface() -> None:
