@@ -235,8 +235,8 @@ class BlockSparseConfig(EffzooConfig):
     attended globally (in causal mode only the first, as an attention sink) — converted BERTs
     lean on [CLS] and [SEP]. ``dense_attention_below``: padded lengths below this run one dense SDPA
     with the pattern as a boolean mask (default 0: always the block-sparse path; 1,024 for the
-    windowed patterns ``local``, ``longformer`` and ``bigbird``, whose blocks gather more keys than
-    a short input has). ``flex_attention_from``: in inference
+    windowed patterns ``local``, ``longformer``, ``bigbird`` and ``sparse``, whose blocks gather more
+    keys than a short input has). ``flex_attention_from``: in inference
     (no gradient), padded lengths from this run compiled flex attention, where the layout allows it
     (see ``attention/flex.py``); None (the default, except for ``bigbird``): never, because on CPU
     the block-gather path measured faster for ``local`` and ``longformer``.

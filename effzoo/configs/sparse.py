@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import BlockSparseConfig
+from .base import WINDOWED_DENSE_BELOW, BlockSparseConfig
 
 
 class SparseConfig(BlockSparseConfig):
@@ -17,3 +17,4 @@ class SparseConfig(BlockSparseConfig):
     stride: int = 128
     summary_size: int = 8
     sparse_heads: str = "merged"
+    dense_attention_below: int = WINDOWED_DENSE_BELOW

@@ -554,7 +554,7 @@ def test_longformer_without_hidden_states_raises():
         mechanism(*qkv())
 
 
-@pytest.mark.parametrize("config_name", ["LocalConfig", "LongformerConfig", "BigBirdConfig"])
+@pytest.mark.parametrize("config_name", ["LocalConfig", "LongformerConfig", "BigBirdConfig", "SparseConfig"])
 def test_windowed_patterns_run_short_inputs_dense_and_long_ones_in_blocks(config_name, monkeypatch):
     """Below 1,024 padded tokens their blocks would gather more keys than the input has."""
     import effzoo
@@ -562,7 +562,8 @@ def test_windowed_patterns_run_short_inputs_dense_and_long_ones_in_blocks(config
     from effzoo.variants import get_variant
 
     config = getattr(effzoo, config_name)(hidden_size=HIDDEN, num_attention_heads=HEADS, num_hidden_layers=1,
-                                          max_position_embeddings=1024, block_size=32, attention_window=64)
+                                          max_position_embeddings=1024, block_size=32, attention_window=64,
+                                          stride=32)
     mechanism = get_variant(config.model_type.removeprefix("effzoo-")).model_classes["AutoModel"](config)
     mechanism = mechanism.encoder.layer[0].attention.self.mechanism
     calls = []
