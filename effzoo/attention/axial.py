@@ -1,9 +1,11 @@
 """Axial attention over a 1-D sequence (Ho et al. 2019, §3).
 
 The sequence is laid out row by row on a grid of ``axial_shape`` = (rows, columns) cells (padded
-to fit). The first half of the heads attend along their row, {j : ⌊j/C⌋ = ⌊i/C⌋}, the others
-along their column, {j : j ≡ i mod C}, with C the number of columns: half the heads each, so a
-BERT checkpoint's projections still fit. Causal (j ≤ i) or bidirectional. Memory is
+to fit). With ``axial_heads="split"`` (the default) the first half of the heads attend along
+their row, {j : ⌊j/C⌋ = ⌊i/C⌋}, the others along their column, {j : j ≡ i mod C}, with C the
+number of columns: half the heads each, so a BERT checkpoint's projections still fit. With
+``"merged"`` every head attends its row and its column in one softmax (two layouts in different
+position orders, merged exactly by the engine). Causal (j ≤ i) or bidirectional. Memory is
 O(L · (rows + columns)).
 """
 
@@ -22,7 +24,7 @@ from .blocksparse import (
     residue_order,
     round_up,
 )
-from .checks import positive_int
+from .checks import one_of, positive_int
 
 
 def default_axial_shape(max_positions: int) -> tuple[int, int]:
@@ -35,9 +37,10 @@ class AxialAttention(BlockSparseAttention):
     """Half the heads along the rows of an ``axial_shape`` grid, half along its columns.
 
     Config fields: ``axial_shape`` ((rows, columns); default :func:`default_axial_shape` of
-    ``max_position_embeddings``, 512 if absent), plus the engine's ``global_special_tokens`` and
-    ``dense_attention_below``. Extra forward input: ``global_attention_mask``. Needs two heads or
-    more. Decoding keeps every token (a column reaches back to the start).
+    ``max_position_embeddings``, 512 if absent), ``axial_heads`` ("split", which needs two heads or
+    more, or "merged"), plus the engine's ``global_special_tokens`` and ``dense_attention_below``.
+    Extra forward input: ``global_attention_mask``. Decoding keeps every token (a column reaches
+    back to the start).
     """
 
     supports_causal = True
@@ -53,11 +56,12 @@ class AxialAttention(BlockSparseAttention):
             )
         fix = "Give a pair of positive ints (rows, columns) whose product covers the longest input."
         self.rows, self.columns = (positive_int("axial_shape", size, fix) for size in shape)
+        self.merged = one_of("axial_heads", getattr(config, "axial_heads", "split"), ("split", "merged")) == "merged"
         heads = getattr(config, "num_attention_heads", 2)
-        if heads < 2:
+        if heads < 2 and not self.merged:
             raise ValueError(
                 "axial attention gives half the heads to rows and half to columns, but num_attention_heads is "
-                f"{heads}; use two heads or more."
+                f"{heads}; use two heads or more, or axial_heads='merged'."
             )
 
     def padded_length(self, length: int) -> int:
@@ -74,9 +78,13 @@ class AxialAttention(BlockSparseAttention):
     ) -> list[HeadGroup]:
         device = lengths.device
         rows_used = padded_length // self.columns
-        row = KeyBlocks.neighbours(rows_used, 0, 0, self.columns, allowed=self.same_row, device=device, exact=True)
         order = residue_order(padded_length, self.columns, device)  # columns become contiguous
         column = KeyBlocks.neighbours(self.columns, 0, 0, rows_used, order, self.same_column, device, exact=True)
+        if self.merged:  # the query is in its row and its column: the row part leaves it to the column
+            # (the row part's mask then has one row per query: L × columns, linear in L at a fixed width)
+            row = KeyBlocks.neighbours(rows_used, 0, 0, self.columns, allowed=self.same_row_other_cell, device=device)
+            return [HeadGroup(slice(0, num_heads), (Part(self.columns, (row,)), Part(rows_used, (column,), order)))]
+        row = KeyBlocks.neighbours(rows_used, 0, 0, self.columns, allowed=self.same_row, device=device, exact=True)
         half = (num_heads + 1) // 2
         return [
             HeadGroup(slice(0, half), (Part(self.columns, (row,)),)),
@@ -92,3 +100,7 @@ class AxialAttention(BlockSparseAttention):
     def same_column(self, query_position: torch.Tensor, key_position: torch.Tensor) -> torch.Tensor:
         """j ≡ i mod C."""
         return (query_position - key_position) % self.columns == 0
+
+    def same_row_other_cell(self, query_position: torch.Tensor, key_position: torch.Tensor) -> torch.Tensor:
+        """⌊j/C⌋ = ⌊i/C⌋ and j ≠ i: the row without the cell the column part already has."""
+        return self.same_row(query_position, key_position) & (query_position != key_position)

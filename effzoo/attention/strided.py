@@ -33,16 +33,10 @@ from .blocksparse import (
     residue_order,
     round_up,
 )
-from .checks import positive_int
+from .checks import one_of, positive_int
 
 PATTERNS = ("strided", "fixed")
 HEAD_MODES = ("split", "merged")
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}.")
-    return value
 
 
 def _without(allowed: Predicate, excluded: Predicate) -> Predicate:
@@ -65,8 +59,8 @@ class StridedAttention(BlockSparseAttention):
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__(config, layer_idx)
-        self.pattern = _choice("sparse_pattern", getattr(config, "sparse_pattern", "strided"), PATTERNS)
-        self.heads_mode = _choice("sparse_heads", getattr(config, "sparse_heads", "merged"), HEAD_MODES)
+        self.pattern = one_of("sparse_pattern", getattr(config, "sparse_pattern", "strided"), PATTERNS)
+        self.heads_mode = one_of("sparse_heads", getattr(config, "sparse_heads", "merged"), HEAD_MODES)
         self.stride = positive_int("stride", getattr(config, "stride", 128), "The paper uses 128 (about √L).")
         self.summary_size = positive_int(
             "summary_size", getattr(config, "summary_size", 8), "The paper uses 8 to 32."

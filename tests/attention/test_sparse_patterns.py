@@ -90,10 +90,10 @@ def strided_reference(sparse_pattern, stride, summary_size=0, sparse_heads="spli
     return pattern
 
 
-def axial_reference(columns):
+def axial_reference(columns, split=True):
     def pattern(n, causal):
         i, j = grid(n)
-        return per_head(i // columns == j // columns, (i - j) % columns == 0)
+        return per_head(i // columns == j // columns, (i - j) % columns == 0, split)
 
     return pattern
 
@@ -172,6 +172,7 @@ CASES = {
     "fixed": (StridedAttention, FIXED, lambda m: strided_reference("fixed", 6, 2)),
     "fixed-merged": (StridedAttention, FIXED_MERGED, lambda m: strided_reference("fixed", 4, 1, "merged")),
     "axial": (AxialAttention, {"axial_shape": (8, 6)}, lambda m: axial_reference(6)),
+    "axial-merged": (AxialAttention, {"axial_shape": (8, 6), "axial_heads": "merged"}, lambda m: axial_reference(6, False)),
 }
 CAUSAL_CASES = [name for name, (cls, _, _) in CASES.items() if cls.supports_causal]
 LENGTHS = [37, 26, 0]  # a sequence with no real token at all, too
@@ -468,6 +469,7 @@ MEMORY_CASES = {
     "strided-merged": (StridedAttention, {"sparse_pattern": "strided", "stride": 128, "sparse_heads": "merged"}),
     "fixed-merged": (StridedAttention, {**FIXED_MERGED, "stride": 256, "summary_size": 2}),
     "axial": (AxialAttention, {"axial_shape": (64, 128)}),
+    "axial-merged": (AxialAttention, {"axial_shape": (64, 128), "axial_heads": "merged"}),
 }
 
 
@@ -516,6 +518,7 @@ def test_memory_grows_linearly(name):
         (AxialAttention, {"axial_shape": (4, 0)}, "axial_shape"),
         (AxialAttention, {"axial_shape": 8}, "axial_shape"),
         (AxialAttention, {"num_attention_heads": 1}, "num_attention_heads"),
+        (AxialAttention, {"axial_heads": "rows"}, "axial_heads"),
         (LocalAttention, {"dense_attention_below": -1}, "dense_attention_below"),
     ],
 )
