@@ -504,8 +504,7 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _blocked_like(x: torch.Tensor, part: Part, blocked_q: torch.Tensor) -> torch.Tensor:
     """x (heads, batch, L, ...) in natural order, cut like the part's blocked queries (undoes :func:`_unblock`)."""
-    x = x if part.order is None else x.index_select(2, part.order)
-    return x.reshape(*blocked_q.shape[:3], *x.shape[3:])
+    return reorder(x, part.order).reshape(*blocked_q.shape[:3], *x.shape[3:])
 
 
 class _FlashUnion(torch.autograd.Function):
