@@ -11,9 +11,10 @@ normaliser φ(q)·Σφ(k) rides along with the numerator in the same matrix prod
   and a prefix sum over chunks (the chunk form of eq. 8–9, as in fla's ``chunk`` kernels).
 - Decoding: :class:`KernelAttentionCache` keeps S (and the FAVOR+ key stabiliser) per layer, so
   each new token costs O(m·d).
-- Hybrid (``hybrid_window``, Hedgehog only, bidirectional): exact softmax weights on a window of
-  neighbouring blocks, kernel weights beyond, one normaliser (LoLCATs, Zhang et al. 2024,
-  eq. 6, with its block-wise "terraced" window): O(L·(m + window)·d).
+- Hybrid (``hybrid_window``, ``hybrid_special_tokens``; Hedgehog only, bidirectional): exact
+  softmax weights on a window of neighbouring blocks and on the first and last real token, kernel
+  weights beyond, one normaliser (LoLCATs, Zhang et al. 2024, eq. 6, with its block-wise
+  "terraced" window): O(L·(m + window)·d).
 
 The slow, obviously correct reference is the explicit kernel matrix φ(Q)φ(K)ᵀ, masked and
 row-normalised (the tests build it). Attention-probability dropout has no linear-time
@@ -201,57 +202,81 @@ def causal_linear_attention(
     return out.view(batch, heads, num_chunks * chunk, width)[:, :, :length], state
 
 
-def softmax_window_correction(
+def softmax_correction(
     q: torch.Tensor,
     k: torch.Tensor,
     phi_q: torch.Tensor,
     phi_k: torch.Tensor,
     values: torch.Tensor,
     key_mask: torch.Tensor | None,
-    window: int,
+    window: int | None,
+    special_tokens: bool = False,
 ) -> torch.Tensor:
-    """Σ_{j∈W(i)} (exp(q_i·k_j/√d − c_i) − φ(q_i)·φ(k_j)) values_j: added to linear attention's
-    φ(Q)S, it gives the keys in the window W(i) softmax weights instead of kernel ones.
+    """Σ_{j∈E(i)} (exp(q_i·k_j/√d − c_i) − φ(q_i)·φ(k_j)) values_j: added to linear attention's
+    φ(Q)S, it gives the keys in E(i) softmax weights instead of kernel ones.
 
-    W(i) is the query's block of ``window`` positions and the blocks on each side (LoLCATs'
-    block-wise window); c_i, the row's largest window score, keeps exp ≤ 1, and the kernel
-    weights beyond keep their scale (LoLCATs, eq. 6). ``phi_k`` and ``values`` are already zero
-    on padded keys; ``key_mask`` (batch, L) is True on real ones. Blocks count real tokens only
-    (a padded batch is reordered real tokens first), so padding never moves a window. Memory
-    O(L · 3·window).
+    E(i) is the query's block of ``window`` positions and the blocks on each side (LoLCATs'
+    block-wise window), and with ``special_tokens`` also the first and last real token (the
+    attention sinks a converted BERT leans on: [CLS] and the final [SEP]). c_i, the row's largest
+    score in E(i), keeps exp ≤ 1, and the kernel weights beyond keep their scale (LoLCATs, eq. 6).
+    ``phi_k`` and ``values`` are already zero on padded keys; ``key_mask`` (batch, L) is True on
+    real ones. Blocks count real tokens only (a padded batch is reordered real tokens first), so
+    padding never moves a window. Memory O(L · (3·window + 2)).
     """
     if key_mask is None:
-        return _packed_window_correction(q, k, phi_q, phi_k, values, None, window)
+        return _packed_softmax_correction(q, k, phi_q, phi_k, values, None, window, special_tokens)
     order = real_tokens_first_order(key_mask)
     q, k, phi_q, phi_k, values = (gather_positions(x, order) for x in (q, k, phi_q, phi_k, values))
-    packed = _packed_window_correction(q, k, phi_q, phi_k, values, key_mask.gather(1, order), window)
+    packed = _packed_softmax_correction(
+        q, k, phi_q, phi_k, values, key_mask.gather(1, order), window, special_tokens
+    )
     return scatter_positions(packed, order)
 
 
-def _packed_window_correction(q, k, phi_q, phi_k, values, key_mask, window: int) -> torch.Tensor:
-    """:func:`softmax_window_correction` of a batch whose real tokens come first."""
+def _packed_softmax_correction(q, k, phi_q, phi_k, values, key_mask, window, special_tokens) -> torch.Tensor:
+    """:func:`softmax_correction` of a batch whose real tokens come first."""
     batch, heads, length, head_dim = q.shape
-    num_blocks = -(-length // window)
-    pad = num_blocks * window - length
+    scale = head_dim**-0.5
+    row_maxima = []
+    if window is not None:
+        num_blocks = -(-length // window)
+        pad = num_blocks * window - length
 
-    def blocks(x: torch.Tensor) -> torch.Tensor:
-        """(batch, heads, L, dim) -> (batch, heads, blocks, window, dim)."""
-        return F.pad(x, (0, 0, 0, pad)).view(*x.shape[:2], num_blocks, window, x.shape[-1])
+        def blocks(x: torch.Tensor) -> torch.Tensor:
+            """(batch, heads, L, dim) -> (batch, heads, blocks, window, dim)."""
+            return F.pad(x, (0, 0, 0, pad)).view(*x.shape[:2], num_blocks, window, x.shape[-1])
 
-    def neighbours(x: torch.Tensor) -> torch.Tensor:
-        """(batch, heads, L, dim) -> (batch, heads, blocks, 3·window, dim): blocks b − 1, b, b + 1."""
-        return F.pad(x, (0, 0, window, window + pad)).unfold(2, 3 * window, window).transpose(-1, -2)
+        def neighbours(x: torch.Tensor) -> torch.Tensor:
+            """(batch, heads, L, dim) -> (batch, heads, blocks, 3·window, dim): blocks b − 1, b, b + 1."""
+            return F.pad(x, (0, 0, window, window + pad)).unfold(2, 3 * window, window).transpose(-1, -2)
 
-    real = q.new_ones(batch, length) if key_mask is None else key_mask.to(q.dtype)
-    real = neighbours(real[:, None, :, None])[..., 0][:, :, :, None, :] > 0  # (batch, 1, blocks, 1, 3·window)
-    scores = blocks(q) @ neighbours(k).transpose(-1, -2) * head_dim**-0.5
-    scores = scores.masked_fill(~real, float("-inf"))
+        real = q.new_ones(batch, length) if key_mask is None else key_mask.to(q.dtype)
+        real = neighbours(real[:, None, :, None])[..., 0][:, :, :, None, :] > 0  # (batch, 1, blocks, 1, 3·window)
+        window_scores = (blocks(q) @ neighbours(k).transpose(-1, -2) * scale).masked_fill(~real, float("-inf"))
+        row_maxima.append(window_scores.amax(dim=-1, keepdim=True).flatten(2, 3)[:, :, :length])
+    if special_tokens:
+        lengths = torch.full((batch,), length, device=q.device) if key_mask is None else key_mask.sum(-1)
+        special = torch.stack([torch.zeros_like(lengths), (lengths - 1).clamp_min(0)], dim=-1)  # (batch, 2)
+        outside = torch.stack([lengths > 0, lengths > 1], dim=-1)[:, None, None, :]  # the last: another token
+        if window is not None:  # not already in the window
+            query_block = torch.arange(length, device=q.device) // window
+            outside = outside & ((query_block[:, None] - special[:, None, None, :] // window).abs() > 1)
+        special_k, special_phi_k, special_values = (gather_positions(x, special) for x in (k, phi_k, values))
+        special_scores = (q @ special_k.transpose(-1, -2) * scale).masked_fill(~outside, float("-inf"))
+        row_maxima.append(special_scores.amax(dim=-1, keepdim=True))
     # Not a cancelling constant (the kernel weights are not scaled by it): part of the function, with its gradient.
-    stabiliser = scores.amax(dim=-1, keepdim=True)
+    stabiliser = torch.stack(row_maxima).amax(dim=0) if len(row_maxima) > 1 else row_maxima[0]
     stabiliser = torch.where(torch.isfinite(stabiliser), stabiliser, torch.zeros_like(stabiliser))
-    weights = torch.exp(scores - stabiliser) - blocks(phi_q) @ neighbours(phi_k).transpose(-1, -2)
-    out = weights @ neighbours(values)
-    return out.reshape(batch, heads, num_blocks * window, -1)[:, :, :length]
+    out = 0
+    if window is not None:
+        block_stabiliser = F.pad(stabiliser, (0, 0, 0, pad)).view(batch, heads, num_blocks, window, 1)
+        weights = torch.exp(window_scores - block_stabiliser) - blocks(phi_q) @ neighbours(phi_k).transpose(-1, -2)
+        out = (weights @ neighbours(values)).reshape(batch, heads, num_blocks * window, -1)[:, :, :length]
+    if special_tokens:
+        kernel = phi_q @ special_phi_k.transpose(-1, -2)
+        weights = torch.where(outside, torch.exp(special_scores - stabiliser) - kernel, 0.0)
+        out = out + weights @ special_values
+    return out
 
 
 class KernelAttention(AttentionMechanism):
@@ -270,7 +295,9 @@ class KernelAttention(AttentionMechanism):
     - ``hedgehog_feature_dim`` [None = head_dim]: Hedgehog's W maps head_dim → this; m = 2× it.
     - ``hybrid_window`` [None]: Hedgehog only, bidirectional only: softmax attention on the
       query's block of this many tokens and its two neighbours, kernel attention beyond
-      (:func:`softmax_window_correction`); None is pure kernel attention.
+      (:func:`softmax_correction`); None is pure kernel attention.
+    - ``hybrid_special_tokens`` [False]: Hedgehog only, bidirectional only: softmax attention on
+      the first and last real token too (the attention sinks of a converted BERT).
 
     Padded keys leave both numerator and normaliser (zero φ(K) rows); padded queries give zero
     context; all sums are float32 (float64 inputs stay float64).
@@ -319,15 +346,23 @@ class KernelAttention(AttentionMechanism):
             "hybrid_window", getattr(config, "hybrid_window", None), "e.g. 32, or None for pure Hedgehog.",
             allow_none=True,
         )
-        if self.hybrid_window is not None and kernel != "hedgehog":
+        self.hybrid_special_tokens = getattr(config, "hybrid_special_tokens", False)
+        if not isinstance(self.hybrid_special_tokens, bool):
             raise ValueError(
-                f"hybrid_window is for the hedgehog kernel (its features have no key stabiliser to reconcile with "
-                f"softmax weights), got kernel={kernel!r}; drop hybrid_window or use the hedgehog variant."
+                f"hybrid_special_tokens must be True or False, got {self.hybrid_special_tokens!r}; use a bool."
             )
-        if self.hybrid_window is not None and getattr(config, "is_decoder", False):
+        self.hybrid = self.hybrid_window is not None or self.hybrid_special_tokens
+        if self.hybrid and kernel != "hedgehog":
             raise ValueError(
-                "hybrid_window is bidirectional only: is_decoder=True (a causal model) is not supported with it. "
-                "Set hybrid_window=None for a causal Hedgehog LM."
+                f"hybrid_window and hybrid_special_tokens are for the hedgehog kernel (its features have no key "
+                f"stabiliser to reconcile with softmax weights), got kernel={kernel!r}; drop them or use the "
+                "hedgehog variant."
+            )
+        if self.hybrid and getattr(config, "is_decoder", False):
+            raise ValueError(
+                "hybrid_window and hybrid_special_tokens are bidirectional only: is_decoder=True (a causal model) "
+                "is not supported with them. Set hybrid_window=None and hybrid_special_tokens=False for a causal "
+                "Hedgehog LM."
             )
         self.kernel = kernel
         self.feature_map: FeatureMap
@@ -367,8 +402,11 @@ class KernelAttention(AttentionMechanism):
             layer = cache.state_layer(self.layer_idx)
         elif self.training:
             self.feature_map.count_training_call()  # never while a cache holds states of these features
-        if causal and self.hybrid_window is not None:
-            raise ValueError("hybrid_window is bidirectional only; got causal=True. Set hybrid_window=None.")
+        if causal and self.hybrid:
+            raise ValueError(
+                "hybrid_window and hybrid_special_tokens are bidirectional only; got causal=True. "
+                "Set hybrid_window=None and hybrid_special_tokens=False."
+            )
         past = layer.tokens_seen if layer is not None else 0
         if padding_mask is not None and padding_mask.shape[-1] != past + k.shape[-2]:
             raise ValueError(
@@ -395,13 +433,16 @@ class KernelAttention(AttentionMechanism):
             if causal:
                 out, new_state = causal_linear_attention(phi_q, phi_k, values, self.causal_chunk_size, state)
             else:
-                new_state = phi_k.transpose(-1, -2) @ values
+                # (Vᵀφ(K))ᵀ, not φ(K)ᵀV: the same state, but φ(K)'s gradient comes out contiguous
+                # (V·Gᵀ, L × m) instead of transposed, which saved an L × m copy in the backward.
+                new_state = (values.transpose(-1, -2) @ phi_k).transpose(-1, -2)
                 if state is not None:
                     new_state = new_state + state
                 out = phi_q @ new_state
-                if self.hybrid_window is not None:
-                    out = out + softmax_window_correction(
-                        upcast(q), upcast(k), phi_q, phi_k, values, new_mask, self.hybrid_window
+                if self.hybrid:
+                    out = out + softmax_correction(
+                        upcast(q), upcast(k), phi_q, phi_k, values, new_mask, self.hybrid_window,
+                        self.hybrid_special_tokens,
                     )
             if layer is not None:
                 layer.write(new_state, log_scale, k.shape[-2], self.feature_map.version)

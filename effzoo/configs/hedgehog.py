@@ -14,7 +14,9 @@ class HedgehogConfig(EffzooConfig):
     At conversion W is the identity and b zero (see ``HedgehogFeatures``); ``effzoo distill``
     then trains them to match the teacher's attention. ``hybrid_window`` (None: off; bidirectional
     only) gives the keys in the query's block of that many tokens and its two neighbours exact
-    softmax weights, kernel weights beyond (LoLCATs, Zhang et al. 2024).
+    softmax weights, kernel weights beyond (LoLCATs, Zhang et al. 2024); ``hybrid_special_tokens``
+    (bidirectional only) does the same for the first and last real token, the attention sinks of a
+    converted BERT ([CLS] and the final [SEP]).
     """
 
     model_type = "effzoo-hedgehog"
@@ -22,4 +24,5 @@ class HedgehogConfig(EffzooConfig):
 
     hedgehog_feature_dim: int | None = None
     hybrid_window: int | None = None
+    hybrid_special_tokens: bool = False
     causal_chunk_size: int = 64

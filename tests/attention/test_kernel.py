@@ -116,6 +116,36 @@ def favor_error(num_features: int, orthogonal: bool, seeds: range, scale: float 
     return sum(errors) / len(errors)
 
 
+@pytest.mark.parametrize("side", [None, "left"])
+def test_favor_values_and_gradients_equal_textbook_features(side: str | None) -> None:
+    """The stabilised, fused FAVOR+ features against φ(x) = exp(ωᵀx̂ − ‖x̂‖²/2)/√m written out in
+    float64 autograd: the stabilisers cancel in the output, so values and gradients must agree."""
+    mechanism = make("softmax")
+    q, k, v = (t.double().requires_grad_() for t in qkv())
+    padding_mask = padding(q.shape[0], q.shape[-2], side)
+    out = mechanism(q, k, v, padding_mask=padding_mask)
+
+    omega = mechanism.feature_map.projection.double()
+    m = omega.shape[0]
+
+    def textbook(x):
+        x_hat = x * HEAD_DIM**-0.25
+        return torch.exp(x_hat @ omega.T - x_hat.square().sum(-1, keepdim=True) / 2) / m**0.5
+
+    scores = textbook(q) @ textbook(k).transpose(-1, -2)
+    if padding_mask is not None:  # keys only: padded query rows stay finite, then are zeroed
+        scores = scores * padding_mask[:, None, None, :]
+    expected = scores / scores.sum(-1, keepdim=True) @ v
+    if padding_mask is not None:
+        expected = expected * padding_mask[:, None, :, None]
+    torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-8)
+    weights = torch.randn_like(out)
+    gradients = torch.autograd.grad((out * weights).sum(), (q, k, v))
+    expected_gradients = torch.autograd.grad((expected * weights).sum(), (q, k, v))
+    for got, want in zip(gradients, expected_gradients):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-8)
+
+
 def test_favor_converges_to_softmax_attention() -> None:
     errors = {m: favor_error(m, orthogonal=True, seeds=range(6)) for m in (16, 64, 256, 1024, 4096)}
     assert errors[4096] < errors[64] / 4, errors  # Monte Carlo: error ~ 1/√m, 8× in theory
@@ -179,37 +209,49 @@ def test_padding_invariance(kernel: str, causal: bool, side: str) -> None:
     assert all(torch.isfinite(t.grad).all() for t in inputs)
 
 
-def hybrid_reference(mechanism: KernelAttention, q, k, v, padding_mask, window: int) -> torch.Tensor:
-    """LoLCATs' weights, explicitly: exp(s_ij - c_i) on the window (the query's block of real-token
-    positions and its two neighbours, c_i the row's largest window score), φ(q_i)·φ(k_j) beyond,
-    over real keys, normalised by their sum; float64."""
+def hybrid_reference(
+    mechanism: KernelAttention, q, k, v, padding_mask, window: int | None, special_tokens: bool = False
+) -> torch.Tensor:
+    """LoLCATs' weights, explicitly: exp(s_ij - c_i) on the exact set (the query's block of
+    real-token positions and its two neighbours, and with ``special_tokens`` the first and last real
+    token; c_i the row's largest score there), φ(q_i)·φ(k_j) beyond, over real keys, normalised by
+    their sum; float64."""
     length = q.shape[-2]
     real = torch.ones(q.shape[0], length, dtype=torch.bool) if padding_mask is None else padding_mask
     position = real.long().cumsum(-1) - 1  # among the real tokens
-    block = torch.div(position, window, rounding_mode="floor")
-    in_window = (block[:, :, None] - block[:, None, :]).abs() <= 1  # (batch, L, L)
+    exact = torch.zeros(q.shape[0], length, length, dtype=torch.bool)
+    if window is not None:
+        block = torch.div(position, window, rounding_mode="floor")
+        exact |= (block[:, :, None] - block[:, None, :]).abs() <= 1
+    if special_tokens:
+        first_or_last = (position == 0) | (position == real.sum(-1, keepdim=True) - 1)
+        exact |= first_or_last[:, None, :]
     keys = real[:, None, None, :]
-    in_window = in_window[:, None] & keys
+    exact = exact[:, None] & keys
     scores = (q.double() @ k.double().transpose(-1, -2)) * q.shape[-1] ** -0.5
-    stabiliser = scores.masked_fill(~in_window, float("-inf")).amax(-1, keepdim=True)
+    stabiliser = scores.masked_fill(~exact, float("-inf")).amax(-1, keepdim=True)
     phi_q = mechanism.feature_map(q.double(), is_query=True)
     phi_k = mechanism.feature_map(k.double(), is_query=False)
     kernel = phi_q @ phi_k.transpose(-1, -2)
-    weights = torch.where(in_window, torch.exp(scores - stabiliser), kernel * keys).nan_to_num(0.0)
+    weights = torch.where(exact, torch.exp(scores - stabiliser), kernel * keys).nan_to_num(0.0)
     out = (weights @ v.double()) / weights.sum(-1, keepdim=True)
     out = out.nan_to_num(0.0).masked_fill(~real[:, None, :, None], 0.0)
     return out.float()
 
 
 @pytest.mark.parametrize("side", [None, "right", "left"])
-@pytest.mark.parametrize("window", [3, 4, 16])
-def test_hybrid_window_equals_explicit_weights_with_gradients(side: str | None, window: int) -> None:
-    """Hedgehog + softmax window (LoLCATs) against its explicit L×L weights: values and gradients."""
-    mechanism = make("hedgehog", hybrid_window=window)
+@pytest.mark.parametrize(("window", "special_tokens"), [(3, False), (4, False), (16, False), (3, True), (None, True)])
+def test_hybrid_equals_explicit_weights_with_gradients(side: str | None, window, special_tokens: bool) -> None:
+    """Hedgehog + softmax window (LoLCATs) and/or softmax special tokens against the explicit L×L
+    weights: values and gradients."""
+    mechanism = make("hedgehog", hybrid_window=window, hybrid_special_tokens=special_tokens)
     q, k, v = (x.requires_grad_() for x in qkv(length=11, scale=1.5))
     mask = padding(3, 11, side)
+    if side is not None:
+        mask[2] = False
+        mask[2, 4 if side == "right" else -5] = True  # one real token: first and last are the same
     out = mechanism(q, k, v, padding_mask=mask)
-    expected = hybrid_reference(mechanism, q, k, v, mask, window)
+    expected = hybrid_reference(mechanism, q, k, v, mask, window, special_tokens)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     weights = torch.randn_like(out)
     gradients = torch.autograd.grad((out * weights).sum(), (q, k, v, mechanism.feature_map.weight))
@@ -226,8 +268,9 @@ def test_hybrid_window_covering_the_sequence_is_softmax_attention() -> None:
     torch.testing.assert_close(mechanism(q, k, v), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_hybrid_window_is_padding_invariant() -> None:
-    mechanism = make("hedgehog", hybrid_window=2)
+@pytest.mark.parametrize("special_tokens", [False, True])
+def test_hybrid_window_is_padding_invariant(special_tokens: bool) -> None:
+    mechanism = make("hedgehog", hybrid_window=2, hybrid_special_tokens=special_tokens)
     q, k, v = qkv(batch=1, length=7)
     alone = mechanism(q, k, v)
     padded = [torch.cat([torch.full((1, HEADS, 3, HEAD_DIM), 30.0), x], 2) for x in (q, k, v)]
@@ -238,9 +281,12 @@ def test_hybrid_window_is_padding_invariant() -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"kernel": "softmax", "hybrid_window": 4}, "hybrid_window is for the hedgehog kernel"),
+        ({"kernel": "softmax", "hybrid_window": 4}, "are for the hedgehog kernel"),
         ({"kernel": "hedgehog", "hybrid_window": 0}, "hybrid_window"),
         ({"kernel": "hedgehog", "hybrid_window": 4, "is_decoder": True}, "bidirectional only"),
+        ({"kernel": "elu", "hybrid_special_tokens": True}, "for the hedgehog kernel"),
+        ({"kernel": "hedgehog", "hybrid_special_tokens": 1}, "hybrid_special_tokens must be True or False"),
+        ({"kernel": "hedgehog", "hybrid_special_tokens": True, "is_decoder": True}, "bidirectional only"),
     ],
 )
 def test_hybrid_window_bad_config(fields, message) -> None:
@@ -248,9 +294,10 @@ def test_hybrid_window_bad_config(fields, message) -> None:
         make(**fields)
 
 
-def test_hybrid_window_refuses_causal_calls() -> None:
+@pytest.mark.parametrize("fields", [{"hybrid_window": 4}, {"hybrid_special_tokens": True}])
+def test_hybrid_refuses_causal_calls(fields) -> None:
     with pytest.raises(ValueError, match="bidirectional only"):
-        make("hedgehog", hybrid_window=4)(*qkv(), causal=True)
+        make("hedgehog", **fields)(*qkv(), causal=True)
 
 
 def test_fully_padded_rows_are_zero_not_nan() -> None:
