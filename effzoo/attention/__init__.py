@@ -2,9 +2,10 @@
 
 from .axial import AxialAttention
 from .base import AttentionMechanism
-from .blocksparse import BlockSparseAttention, SinkSlidingWindowLayer
+from .blocksparse import BlockSparseAttention
 from .full import FullAttention
 from .kernel import KernelAttention, KernelAttentionCache
+from .kv_cache import GrowingKeyValueLayer, SinkSlidingWindowLayer
 from .local import LocalAttention
 from .random_blocks import RandomBlocksAttention
 from .reference import dense_reference_attention, padding_and_causal_pattern
@@ -16,6 +17,7 @@ __all__ = [
     "AxialAttention",
     "BlockSparseAttention",
     "FullAttention",
+    "GrowingKeyValueLayer",
     "KernelAttention",
     "KernelAttentionCache",
     "LocalAttention",

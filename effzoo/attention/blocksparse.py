@@ -28,11 +28,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import Cache, DynamicCache, DynamicSlidingWindowLayer
+from transformers.cache_utils import Cache
 
 from .base import AttentionMechanism
 from .checks import non_negative_int
 from .flex import FLEX_ATTENTION_FROM, attend_group_flex, supports_flex
+from .kv_cache import GrowingKeyValueLayer, SinkSlidingWindowLayer
 from .masking import gather_positions, real_tokens_first_order, scatter_positions
 
 #: Padded lengths below this use one dense SDPA with the pattern as a mask, where a config does not
@@ -604,56 +605,6 @@ def _attend_group_dense(q, k, v, group: HeadGroup, batch: _Batch) -> torch.Tenso
 
 
 # --------------------------------------------------------------------------------------------
-# Decoding cache
-# --------------------------------------------------------------------------------------------
-
-
-class SinkSlidingWindowLayer(DynamicSlidingWindowLayer):
-    """Transformers' sliding-window cache layer plus one attention-sink slot per sequence.
-
-    Keeps each sequence's first real token (the causal global token, whatever the padding) and
-    its last ``sliding_window - 1`` tokens: memory O(window). ``update`` returns
-    ``[sink, cached window, new tokens]``; pass ``sink_index`` (batch,), the index among the new
-    tokens of the sequence's first real token, or -1 where it is not among them.
-    """
-
-    def update(
-        self,
-        key_states: torch.Tensor,
-        value_states: torch.Tensor,
-        *args: Any,
-        sink_index: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-            self.keys = key_states.new_zeros(*key_states.shape[:2], 1, key_states.shape[-1])
-            self.values = value_states.new_zeros(*value_states.shape[:2], 1, value_states.shape[-1])
-        self.cumulative_length += key_states.shape[-2]
-        keys = self._append(self.keys, key_states, sink_index)
-        values = self._append(self.values, value_states, sink_index)
-        self.keys, self.values = self._keep_window(keys), self._keep_window(values)
-        return keys, values
-
-    @staticmethod
-    def _append(cached: torch.Tensor, new: torch.Tensor, sink_index: torch.Tensor | None) -> torch.Tensor:
-        """[sink, cached window, new], the sink taken from the new tokens where it is among them."""
-        sink = cached[:, :, :1]
-        if sink_index is not None:
-            index = sink_index.clamp(min=0)[:, None, None, None].expand(-1, new.shape[1], 1, new.shape[-1])
-            sink = torch.where((sink_index >= 0)[:, None, None, None], new.gather(2, index), sink)
-        return torch.cat([sink, cached[:, :, 1:], new], dim=2)
-
-    def _keep_window(self, states: torch.Tensor) -> torch.Tensor:
-        """The sink and the last ``sliding_window - 1`` tokens."""
-        start = max(1, states.shape[2] - (self.sliding_window - 1))
-        return torch.cat([states[:, :, :1], states[:, :, start:]], dim=2)
-
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("SinkSlidingWindowLayer cannot be cropped; regenerate from the prompt instead.")
-
-
-# --------------------------------------------------------------------------------------------
 # The mechanism base class
 # --------------------------------------------------------------------------------------------
 
@@ -705,10 +656,11 @@ class BlockSparseAttention(AttentionMechanism):
 
     @classmethod
     def new_cache(cls, config: Any) -> Cache:
-        """A sliding-window cache with attention sinks when the pattern is local, else DynamicCache."""
+        """A sliding-window cache with attention sinks when the pattern is local, else every key in
+        buffers that grow (both O(1) per new token to update)."""
         windows = [cls.cache_window(config, layer) for layer in range(config.num_hidden_layers)]
         if any(window is None for window in windows):
-            return DynamicCache()
+            return Cache(layers=[GrowingKeyValueLayer() for _ in windows])
         return Cache(layers=[SinkSlidingWindowLayer(sliding_window=window) for window in windows])
 
     # -- forward -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from effzoo.attention import FullAttention, dense_reference_attention
 from effzoo.attention.axial import AxialAttention
-from effzoo.attention.blocksparse import SinkSlidingWindowLayer
+from effzoo.attention.kv_cache import SinkSlidingWindowLayer
 from effzoo.attention.local import LocalAttention
 from effzoo.attention.random_blocks import RandomBlocksAttention
 from effzoo.attention.sliding_window import SlidingWindowAttention
