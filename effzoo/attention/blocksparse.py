@@ -812,9 +812,23 @@ class BlockSparseAttention(AttentionMechanism):
         for group in groups:
             allowed = group.allowed(query_position[:, None], key_position[:, None]) | is_sink[:, None]
             allowed = allowed & key_real[:, None] & (key_position <= query_position)[:, None] & query_real[:, None]
-            empty = ~allowed.any(-1, keepdim=True)
-            context = F.scaled_dot_product_attention(
-                q[:, group.heads], keys[:, group.heads], values[:, group.heads], attn_mask=allowed | empty
-            )
-            contexts.append(context.masked_fill(empty, 0.0))
+            contexts.append(_attend_allowed_keys(q[:, group.heads], keys[:, group.heads], values[:, group.heads], allowed))
         return torch.cat(contexts, dim=1)
+
+
+def _attend_allowed_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """SDPA of ``q`` on the keys ``allowed`` (batch, 1, queries, keys) lets it see; rows that see none get 0.
+
+    When the queries of a step together need at most half of the keys (a strided or axial
+    pattern decoding against a full cache: O(√L) of L), only those are gathered, so a step costs
+    O(keys needed) in attention instead of O(cache); choosing them is a few integer passes.
+    """
+    needed = allowed.any(dim=-2)  # (batch, 1, keys)
+    count = int(needed.sum(-1).max())
+    if 2 * count <= k.shape[2]:
+        index = torch.sort((~needed).to(torch.uint8), dim=-1, stable=True).indices[..., :count]
+        k, v = gather_positions(k, index[:, 0]), gather_positions(v, index[:, 0])
+        allowed = allowed.gather(-1, index[:, :, None, :].expand(-1, -1, allowed.shape[-2], -1))
+    empty = ~allowed.any(-1, keepdim=True)
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | empty)
+    return context.masked_fill(empty, 0.0)

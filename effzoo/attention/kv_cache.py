@@ -16,8 +16,8 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 
 class GrowingKeyValueLayer(DynamicLayer):
-    """``DynamicLayer`` with amortised O(1) appends: keys and values are a prefix of a buffer whose
-    capacity doubles when full, as a Python list grows.
+    """``DynamicLayer`` with amortised O(1) appends: keys and values are a prefix of a buffer that
+    grows by a quarter (at least ``min_capacity`` rows) when full, as a Python list grows.
 
     ``DynamicLayer`` concatenates, copying the whole cache for every token: at 16K tokens that copy
     was 80% of a decoding step. ``self.keys``/``self.values`` are views of the first
@@ -27,7 +27,7 @@ class GrowingKeyValueLayer(DynamicLayer):
     concatenate, since writing into a buffer that a graph saved would invalidate it.
     """
 
-    #: Rows a new buffer has at least.
+    #: Spare rows a new buffer has at least.
     min_capacity = 256
 
     def update(
@@ -52,7 +52,7 @@ class GrowingKeyValueLayer(DynamicLayer):
         filled = cached.shape[-2] if cached.dim() == 4 else 0
         total = filled + new.shape[-2]
         if not (self._is_prefix_of(cached, buffer) and total <= buffer.shape[-2]):
-            capacity = max(2 * total, self.min_capacity)
+            capacity = total + max(total // 4, self.min_capacity)
             grown = new.new_empty(*new.shape[:-2], capacity, new.shape[-1])
             if filled:
                 grown[..., :filled, :].copy_(cached)

@@ -29,7 +29,7 @@ def test_appends_equal_concatenation_without_reallocating():
             assert torch.equal(g, w)
         pointers.add(growing.keys.data_ptr())
     assert growing.get_seq_length() == dynamic.get_seq_length() == 305
-    assert len(pointers) == 2  # 256 rows, then 2 × 257: one reallocation in 301 appends
+    assert len(pointers) == 2  # 5 + 256 rows, then 262 + 256: one reallocation in 301 appends
 
 
 def test_crop_beam_reorder_and_batch_selection_keep_it_exact():
