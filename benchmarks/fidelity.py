@@ -76,12 +76,13 @@ def zero_shot(student: Path, max_length: int, eval_texts: int) -> dict:
 
 
 def run(variant: str, settings: dict, minutes: float, max_length: int, eval_texts: int, workdir: Path,
-        learning_rate: float | None = None) -> dict:
+        learning_rate: float | None = None, schedule: str = "linear") -> dict:
     student = workdir / f"{variant}-converted"
     effzoo.convert(TEACHER, variant, student, overrides=settings, overwrite=True, progress=False)
     recipe = RECIPES.get(variant, DEFAULT_RECIPE)
     if learning_rate is not None:
         recipe = {**recipe, "learning_rate": learning_rate}
+    recipe = {**recipe, "schedule": schedule}
     if minutes == 0:
         return {"variant": variant, "settings": settings, "max_length": max_length, "recipe": None,
                 **zero_shot(student, max_length, eval_texts)}
@@ -127,6 +128,9 @@ def main() -> None:
                         help="recovery budget per entry (wall time); 0 measures zero-shot only")
     parser.add_argument("--learning-rate", type=float,
                         help="learning rate of the recovery (default: the variant's recipe, 1e-4 for most)")
+    parser.add_argument("--schedule", choices=["linear", "constant"], default="linear",
+                        help="after a 20-step warm-up the rate falls linearly to zero at the end of --minutes, or "
+                             "holds (the schedule of the rows measured before 2026-12-02's session 5)")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--eval-texts", type=int, default=64)
     parser.add_argument("--name", default="fidelity", help="file name of the results, without extension")
@@ -139,7 +143,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         for variant, settings in entries:
             rows.append(run(variant, settings, args.minutes, args.max_length, args.eval_texts, Path(workdir),
-                            args.learning_rate))
+                            args.learning_rate, args.schedule))
             print(markdown(rows[-1:]), flush=True)
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__}

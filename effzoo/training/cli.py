@@ -122,7 +122,11 @@ def add_distill_parser(commands: Any) -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--minutes", type=float, dest="time_budget_minutes",
-                        help="stop after this much wall time (the learning rate warms up over 20 steps, then holds)")
+                        help="stop after this much wall time (the learning rate warms up over 20 steps, then follows "
+                             "--schedule on the clock)")
+    parser.add_argument("--schedule", choices=["linear", "constant"], default="linear",
+                        help="after the warm-up the learning rate falls linearly to zero at the end of the run "
+                             "(of --minutes when given, else of --max-steps), or holds")
     parser.add_argument("--trainable", choices=["all", "attention", "mechanism"], default="all")
     parser.add_argument("--mechanism-learning-rate", type=float,
                         help="learning rate of the mechanism's own parameters (Hedgehog's feature maps); "
@@ -144,7 +148,7 @@ def run_distill(args: argparse.Namespace) -> None:
         teacher=args.teacher, student=args.student, output_dir=args.output_dir, data=args.data,
         text_column=args.text_column, max_length=args.max_length, max_steps=args.max_steps,
         time_budget_minutes=args.time_budget_minutes, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        trainable=args.trainable, mechanism_learning_rate=args.mechanism_learning_rate, eval_texts=args.eval_texts,
+        schedule=args.schedule, trainable=args.trainable, mechanism_learning_rate=args.mechanism_learning_rate, eval_texts=args.eval_texts,
         select_every=args.select_every, selection_texts=args.selection_texts, seed=args.seed, overwrite=args.overwrite,
         resume_from_checkpoint=args.resume_from_checkpoint, progress=args.progress,
     )

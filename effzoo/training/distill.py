@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import transformers
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import AutoModel, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
 from ..attention.base import AttentionMechanism
@@ -29,11 +30,12 @@ from .data import load_data
 from .fidelity import Fidelity, measure_fidelity
 
 TRAINABLE = ("all", "attention", "mechanism")
+SCHEDULES = ("linear", "constant")
 
 logger = transformers.logging.get_logger(__name__)
 
 
-#: Warm-up steps of a time-budgeted recovery, after which the learning rate stays constant.
+#: Warm-up steps of a time-budgeted recovery.
 TIME_BUDGET_WARMUP_STEPS = 20
 
 
@@ -51,6 +53,9 @@ class DistillConfig:
     time_budget_minutes: float | None = None
     batch_size: int = 4
     learning_rate: float = 1e-4
+    #: "linear": after the warm-up the rate falls linearly to zero at the end of ``max_steps``, or
+    #: of the time budget when there is one (measured in wall time); "constant": it holds.
+    schedule: str = "linear"
     trainable: str = "all"
     #: The mechanism's own parameters (Hedgehog's feature maps) at this rate, the rest at
     #: ``learning_rate``: new parameters need a far larger step than pretrained ones.
@@ -126,14 +131,29 @@ class DistillationTrainer(Trainer):
 
 
 class TimeBudget(TrainerCallback):
-    """Stops training once ``minutes`` of wall time have passed (checked after every step)."""
+    """Stops training once ``minutes`` of wall time have passed (checked after every step), and
+    gives the learning-rate schedules that fit the budget (``max_steps`` is then only a cap)."""
 
-    def __init__(self, minutes: float) -> None:
+    def __init__(self, minutes: float, clock: Callable[[], float] = time.perf_counter) -> None:
         self.seconds = minutes * 60
-        self.started = time.perf_counter()
+        self.clock = clock
+        self.started = clock()
+
+    def fraction_left(self) -> float:
+        """The share of the budget not yet spent, 1 → 0."""
+        return max(0.0, 1.0 - (self.clock() - self.started) / self.seconds)
+
+    def schedule(self, optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int) -> LambdaLR:
+        """Linear warm-up over ``warmup_steps``, then the rate held ("constant") or falling linearly
+        with the time left to zero at the end of the budget ("linear")."""
+        def factor(step: int) -> float:
+            warmup = min(1.0, step / warmup_steps)
+            return warmup * (self.fraction_left() if kind == "linear" else 1.0)
+
+        return LambdaLR(optimizer, factor)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.perf_counter() - self.started > self.seconds:
+        if self.clock() - self.started > self.seconds:
             control.should_training_stop = True
         return control
 
@@ -237,6 +257,9 @@ def selection_texts(data, text_column: str, count: int, held_out: int, seed: int
 
 def distill(config: DistillConfig) -> dict[str, Any]:
     """Distil, measure fidelity on held-out text before and after, save the student and the results."""
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {config.schedule!r}; 'linear' decays to zero, "
+                         "'constant' holds the rate after the warm-up.")
     output = Path(config.output_dir)
     check_output_dir(output, config.overwrite, resuming=bool(config.resume_from_checkpoint))
     transformers.set_seed(config.seed)
@@ -252,17 +275,16 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     disable_dropout(student)
 
     strategy = "steps" if config.save_checkpoints else "no"
-    # Under a time budget ``max_steps`` is only a cap that is never reached: a schedule laid over
-    # it would stay in its warm-up. Warm up over a fixed number of steps and hold the rate instead.
-    schedule = ({"lr_scheduler_type": "constant_with_warmup", "warmup_steps": TIME_BUDGET_WARMUP_STEPS}
-                if config.time_budget_minutes else {"warmup_steps": 0.05})
+    scheduler_type = "linear" if config.schedule == "linear" else "constant_with_warmup"
     args = TrainingArguments(
         output_dir=str(output), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
-        learning_rate=config.learning_rate, **schedule, seed=config.seed, save_strategy=strategy,
+        learning_rate=config.learning_rate, lr_scheduler_type=scheduler_type, warmup_steps=0.05,
+        seed=config.seed, save_strategy=strategy,
         save_steps=max(config.max_steps // 4, 1), save_total_limit=1, logging_steps=10, report_to=[],
         use_cpu=not torch.cuda.is_available(), disable_tqdm=not config.progress, remove_unused_columns=False,
     )
-    callbacks = [TimeBudget(config.time_budget_minutes)] if config.time_budget_minutes else []
+    budget = TimeBudget(config.time_budget_minutes) if config.time_budget_minutes else None
+    callbacks = [budget] if budget else []
     keep_best = None
     chosen_on = (selection_texts(data, config.text_column, config.selection_texts, config.eval_texts, config.seed)
                  if config.select_every else [])
@@ -273,13 +295,16 @@ def distill(config: DistillConfig) -> dict[str, Any]:
         keep_best = KeepBest(lambda: measure_fidelity(teacher, student, tokenizer, chosen_on, config.max_length),
                              config.select_every)
         callbacks.append(keep_best)
-    # Trainer's own AdamW (weight decay 0), with one learning rate per group; its scheduler scales each.
+    # Trainer's own AdamW (weight decay 0), with one learning rate per group; the scheduler scales each.
     optimizer = torch.optim.AdamW(learning_rate_groups(student, config.learning_rate, config.mechanism_learning_rate),
                                   weight_decay=0.0)
+    # Under a time budget ``max_steps`` is only a cap that is never reached: a schedule laid over it
+    # would stay in its warm-up. The budget's own schedule runs on the clock instead.
+    scheduler = budget.schedule(optimizer, config.schedule, TIME_BUDGET_WARMUP_STEPS) if budget else None
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=text_chunks(train_texts, tokenizer, config.max_length),
         data_collator=transformers.DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
-        callbacks=callbacks, optimizers=(optimizer, None), teacher=teacher,
+        callbacks=callbacks, optimizers=(optimizer, scheduler), teacher=teacher,
         hidden_weight=config.hidden_weight, attention_weight=config.attention_weight,
     )
     started, started_cpu = time.perf_counter(), time.process_time()

@@ -73,21 +73,48 @@ def test_pretrain_extends_positions_and_lowers_the_loss(tmp_path, text_file):
     assert results["perplexity"] == pytest.approx(torch.tensor(results["eval_loss"]).exp().item(), rel=1e-4)
 
 
-def test_a_time_budget_holds_the_learning_rate_after_a_short_warmup(tmp_path, text_file):
-    """Under a time budget max_steps is a cap, so no schedule may be laid over it (it would never warm up)."""
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_a_time_budget_schedules_the_learning_rate_on_the_clock(tmp_path, text_file, schedule):
+    """Under a time budget max_steps is a cap, so no schedule may be laid over it (it would never warm up):
+    a short warm-up, then the rate holds or falls with the time left (of 30 minutes: barely, here)."""
     from effzoo.training.distill import TIME_BUDGET_WARMUP_STEPS
 
     source = save_tiny_checkpoint(BertModel, tmp_path / "teacher")
     effzoo.convert(source, "full", tmp_path / "student", progress=False)
-    steps = TIME_BUDGET_WARMUP_STEPS + 12  # logged every 10 steps: warming up at 10, held at 30
+    steps = TIME_BUDGET_WARMUP_STEPS + 12  # logged every 10 steps: warming up at 10, past it at 30
     distill(DistillConfig(teacher=str(source), student=str(tmp_path / "student"), output_dir=str(tmp_path / "out"),
                           data=str(text_file), max_length=16, max_steps=steps, time_budget_minutes=30.0,
-                          learning_rate=1e-3, eval_texts=4, progress=False))
+                          learning_rate=1e-3, schedule=schedule, eval_texts=4, progress=False))
     (state,) = (tmp_path / "out").glob("checkpoint-*/trainer_state.json")
     rates = {entry["step"]: entry["learning_rate"] for entry in json.loads(state.read_text())["log_history"]
              if "learning_rate" in entry}
     assert rates[10] < 0.6e-3
-    assert rates[30] == pytest.approx(1e-3)
+    if schedule == "constant":
+        assert rates[30] == pytest.approx(1e-3)
+    else:
+        assert 0.9e-3 < rates[30] < 1e-3
+
+
+def test_an_unknown_schedule_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        distill(DistillConfig(teacher="unused", student="unused", output_dir=str(tmp_path / "out"), schedule="cosine"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_linear_time_budget_schedule_reaches_zero_at_the_end_of_the_budget():
+    from effzoo.training.distill import TimeBudget
+
+    now = [100.0]
+    budget = TimeBudget(minutes=10, clock=lambda: now[0])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    scheduler = budget.schedule(optimizer, "linear", warmup_steps=4)
+    factors = {}
+    for step, seconds in enumerate([0, 60, 120, 150, 300, 540, 600, 700]):
+        now[0] = 100.0 + seconds
+        factors[step] = scheduler.lr_lambdas[0](step)
+    assert factors[0] == 0.0 and factors[2] == pytest.approx(0.5 * 0.8)  # warming up, 2 of 10 minutes spent
+    assert factors[4] == pytest.approx(0.5) and factors[5] == pytest.approx(0.1)  # half the budget, then 9 minutes
+    assert factors[6] == factors[7] == 0.0  # the budget is spent
 
 
 def test_the_mechanism_can_train_at_its_own_learning_rate(tmp_path, text_file):
