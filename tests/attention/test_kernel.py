@@ -419,8 +419,8 @@ def test_never_allocates_length_squared() -> None:
         assert peak < length * length * 4 / 64, peak  # an L×L float32 tensor would be 268 MB; chunks are 2 MB
 
 
-def test_hybrid_window_memory_is_linear_in_length() -> None:
-    mechanism = make("hedgehog", hybrid_window=64, num_attention_heads=1, hidden_size=8)
+def test_hybrid_memory_is_linear_in_length() -> None:
+    mechanism = make("hedgehog", hybrid_window=64, hybrid_special_tokens=True, num_attention_heads=1, hidden_size=8)
 
     def peak(length: int) -> int:
         q, k, v = (torch.randn(1, 1, length, 8, requires_grad=True) for _ in range(3))
