@@ -177,13 +177,25 @@ class RandomFeatures(FeatureMap):
         return x @ (self.projection.to(x.dtype) * self.head_dim**-0.25).T
 
 
+def _graph_is_freed_after_this_backward() -> bool:
+    """True inside a backward that neither keeps the graph (``retain_graph``) nor records one
+    (``create_graph``): saved tensors may then be overwritten. AOTAutograd asks the same question
+    to free its saved tensors early; without that hook (old torch) the answer is a safe False."""
+    keeps_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return keeps_graph is not None and not keeps_graph() and not torch.is_grad_enabled()
+
+
 class _ShiftedExpInPlace(torch.autograd.Function):
     """x ← exp(x − offset), offset broadcast along the feature axis; only the output is kept for backward.
 
     Autograd's exp(x − offset) writes two new (L × m) tensors forward and three backward (the
-    product with the output, its negation for the offset, a reduction); this writes none forward
-    and one backward, and the offset's gradient is that one's row sum. At 16K tokens and m = 256
-    it is FAVOR+'s largest elementwise cost.
+    product with the output, its negation for the offset, a reduction); this writes none, either
+    way: the backward multiplies the gradient into the saved output, which no one reads after it
+    (every consumer of the output has run its backward before this one), and the offset's
+    gradient is that product's row sum. At 8K–16K tokens and m = 256 it is FAVOR+'s largest
+    elementwise cost, and a fresh L × m tensor costs more in page faults than in arithmetic.
+    Under ``retain_graph=True`` or ``create_graph=True`` the product is out of place, so the graph
+    can be walked again or differentiated.
     """
 
     @staticmethod
@@ -196,7 +208,7 @@ class _ShiftedExpInPlace(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         (out,) = ctx.saved_tensors
-        grad_x = grad * out
+        grad_x = out.mul_(grad) if _graph_is_freed_after_this_backward() else grad * out
         grad_offset = -grad_x.sum(dim=-1, keepdim=True) if ctx.needs_input_grad[1] else None
         return grad_x, grad_offset
 

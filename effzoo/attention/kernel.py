@@ -165,6 +165,45 @@ def _rescale(
     return state * torch.exp(state_log_scale - shift), phi_k * torch.exp(key_log_scale - shift), log_scale
 
 
+class _DivideByLastColumn(torch.autograd.Function):
+    """[n, z] ↦ n / max(z, tiny), whose gradient is written into one new [n, z]-shaped tensor.
+
+    Autograd's slice-and-divide fills two zero tensors of the input's shape in the backward,
+    copies each slice's gradient in and adds them: four passes over (L × (d+1)) where one will do.
+    Only the input is saved; the quotient is recomputed in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(out)
+        return _divide_by_clamped_last_column(out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (out,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the plain formula instead
+            with torch.enable_grad():
+                return torch.autograd.grad(_divide_by_clamped_last_column(out), out, grad, create_graph=True)[0]
+        normaliser = out[..., -1:]
+        clamped = normaliser.clamp_min(torch.finfo(out.dtype).tiny)
+        grad_out = torch.empty_like(out)
+        torch.div(grad, clamped, out=grad_out[..., :-1])
+        # d(n/z)/dz = −n/z² = −Σ grad·n / z²; zero where the clamp was active (as clamp_min's gradient).
+        grad_normaliser = (grad * out[..., :-1]).sum(dim=-1, keepdim=True).div_(clamped).div_(clamped).neg_()
+        grad_out[..., -1:] = grad_normaliser.masked_fill_(normaliser != clamped, 0.0)
+        return grad_out
+
+
+def _divide_by_clamped_last_column(out: torch.Tensor) -> torch.Tensor:
+    return out[..., :-1] / out[..., -1:].clamp_min(torch.finfo(out.dtype).tiny)
+
+
+def divide_by_last_column(out: torch.Tensor) -> torch.Tensor:
+    """out[..., :-1] / out[..., -1:], the normaliser clamped to the smallest positive float so that
+    a row with no real key gives zeros, not NaN: the values and gradients of autograd's."""
+    return _DivideByLastColumn.apply(out)
+
+
 def causal_linear_attention(
     phi_q: torch.Tensor,
     phi_k: torch.Tensor,
@@ -447,6 +486,5 @@ class KernelAttention(AttentionMechanism):
             if layer is not None:
                 layer.write(new_state, log_scale, k.shape[-2], self.feature_map.version)
 
-            normaliser = out[..., -1:].clamp_min(torch.finfo(out.dtype).tiny)
-            context = out[..., :-1] / normaliser
+            context = divide_by_last_column(out)
         return zero_padded_queries(context.to(q.dtype), padding_mask)

@@ -117,9 +117,11 @@ def favor_error(num_features: int, orthogonal: bool, seeds: range, scale: float 
 
 
 @pytest.mark.parametrize("side", [None, "left"])
-def test_favor_values_and_gradients_equal_textbook_features(side: str | None) -> None:
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_favor_values_and_gradients_equal_textbook_features(side: str | None, create_graph: bool) -> None:
     """The stabilised, fused FAVOR+ features against φ(x) = exp(ωᵀx̂ − ‖x̂‖²/2)/√m written out in
-    float64 autograd: the stabilisers cancel in the output, so values and gradients must agree."""
+    float64 autograd: the stabilisers cancel in the output, so values and gradients must agree
+    (first order through the in-place backward, and second order under ``create_graph``)."""
     mechanism = make("softmax")
     q, k, v = (t.double().requires_grad_() for t in qkv())
     padding_mask = padding(q.shape[0], q.shape[-2], side)
@@ -140,10 +142,25 @@ def test_favor_values_and_gradients_equal_textbook_features(side: str | None) ->
         expected = expected * padding_mask[:, None, :, None]
     torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-8)
     weights = torch.randn_like(out)
-    gradients = torch.autograd.grad((out * weights).sum(), (q, k, v))
-    expected_gradients = torch.autograd.grad((expected * weights).sum(), (q, k, v))
+    gradients = torch.autograd.grad((out * weights).sum(), (q, k, v), create_graph=create_graph)
+    expected_gradients = torch.autograd.grad((expected * weights).sum(), (q, k, v), create_graph=create_graph)
     for got, want in zip(gradients, expected_gradients):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-8)
+    if create_graph:  # the backward is differentiable too: a gradient penalty's second derivatives
+        second = torch.autograd.grad(sum(g.square().sum() for g in gradients), (q, k, v))
+        expected_second = torch.autograd.grad(sum(g.square().sum() for g in expected_gradients), (q, k, v))
+        for got, want in zip(second, expected_second):
+            torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-7)
+
+
+def test_favor_backward_through_a_retained_graph_twice_gives_the_same_gradients() -> None:
+    """The features' backward overwrites their saved output only when the graph is freed after it."""
+    q, k, v = (t.requires_grad_() for t in qkv())
+    out = (make("softmax")(q, k, v) * torch.randn(q.shape[:-1] + (v.shape[-1],))).sum()
+    first = torch.autograd.grad(out, (q, k, v), retain_graph=True)
+    second = torch.autograd.grad(out, (q, k, v))
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 def test_favor_converges_to_softmax_attention() -> None:
@@ -301,14 +318,17 @@ def test_hybrid_refuses_causal_calls(fields) -> None:
 
 
 def test_fully_padded_rows_are_zero_not_nan() -> None:
+    """Values and gradients: a row with no real key divides by a clamped normaliser, not by zero."""
     for kernel in KERNELS:
         mechanism = make(kernel)
-        q, k, v = qkv(batch=2, length=5)
+        q, k, v = (t.requires_grad_() for t in qkv(batch=2, length=5))
         mask = torch.zeros(2, 5, dtype=torch.bool)
         mask[0] = True
         for causal in (False, True):
             out = mechanism(q, k, v, padding_mask=mask, causal=causal)
             assert torch.isfinite(out).all() and out[1].abs().max() == 0
+            for grad in torch.autograd.grad(out.square().sum() + out.sum(), (q, k, v)):
+                assert torch.isfinite(grad).all() and grad[1].abs().max() == 0
 
 
 @pytest.mark.parametrize("kernel", ["softmax", "hedgehog"])
