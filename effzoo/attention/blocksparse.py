@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -478,11 +478,12 @@ def _with_empty_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
 
 
 def _attend_group_blocks(q, k, v, group: HeadGroup, batch: _Batch) -> torch.Tensor:
-    """SDPA on gathered blocks: one call for a one-part group, a merged softmax for several (fused on CPU)."""
+    """SDPA on gathered blocks: fused and chunked on CPU without dropout (:class:`_ChunkedFlashBlocks`);
+    elsewhere one SDPA call for a one-part group, a merged softmax for several."""
+    if q.device.type == "cpu" and not batch.dropout_p:
+        return _ChunkedFlashBlocks.apply(group, batch, q, k, v)
     inputs = [_part_inputs(q, k, v, part, batch, with_globals=i == 0) for i, part in enumerate(group.parts)]
     if len(inputs) > 1:
-        if q.device.type == "cpu" and not batch.dropout_p:
-            return _FlashUnion.apply(group.parts, q.shape[1], *[x for part in inputs for x in part])
         return _merged_softmax(inputs, group.parts, batch)
     blocked_q, keys, values, mask = inputs[0]
     mask, empty = _with_empty_rows(mask)
@@ -508,48 +509,121 @@ def _blocked_like(x: torch.Tensor, part: Part, blocked_q: torch.Tensor) -> torch
     return reorder(x, part.order).reshape(*blocked_q.shape[:3], *x.shape[3:])
 
 
-class _FlashUnion(torch.autograd.Function):
-    """Exact softmax attention over the union of several parts' disjoint key sets, on SDPA's fused CPU kernel.
+#: The largest gathered key (or value) tensor of one chunk of the fused CPU path. glibc serves
+#: blocks under its mmap ceiling (32 MiB) from the heap and recycles them; larger ones are fresh
+#: mappings, page-faulted on every use. Measured here (2 cores, BigBird's 512 keys per block at
+#: 8K tokens, forward + backward): 0.99 s gathering all 12 heads at once, 0.53 s one head at a time.
+CHUNK_BYTES = 16 * 2**20
 
-    Each part runs the flash kernel on its own blocks, which also returns its log-sum-exp; the
-    parts' outputs merge with weights exp(lse_p - lse). The backward runs each part's flash
-    backward with the *merged* output and log-sum-exp, so the probabilities it recomputes are
-    those of the union softmax: the gradients are exact, with no scores stored (the fallback,
-    :func:`_merged_softmax`, keeps them; it serves dropout and other devices).
+
+def _chunks(q: torch.Tensor, parts: Sequence[Part], batch: _Batch) -> list[tuple[slice, slice]]:
+    """(heads, batch rows) slices whose gathered keys stay within :data:`CHUNK_BYTES`."""
+    heads, batch_size, length, dim = q.shape
+    globals_ = 0 if batch.global_tokens is None else batch.global_tokens.positions.shape[1]
+    keys = sum(
+        length // part.block_size * (sum(s.index.shape[-1] * s.size for s in part.keys) + (globals_ if i == 0 else 0))
+        for i, part in enumerate(parts)
+    )
+    return chunk_slices(heads, batch_size, max(1, CHUNK_BYTES // (keys * dim * q.element_size())))
+
+
+def chunk_slices(heads: int, batch_size: int, rows: int) -> list[tuple[slice, slice]]:
+    """Cover (heads, batch) with chunks of at most ``rows`` (head, batch row) pairs: whole heads
+    with the whole batch where they fit, else one head and a run of batch rows."""
+    if rows >= batch_size:
+        step = rows // batch_size
+        return [(slice(h, min(h + step, heads)), slice(0, batch_size)) for h in range(0, heads, step)]
+    return [(slice(h, h + 1), slice(b, min(b + rows, batch_size))) for h in range(heads) for b in range(0, batch_size, rows)]
+
+
+def _chunk_of(part: Part, heads: slice, rows: slice) -> Part:
+    """The part restricted to some heads and batch rows (sources with a per-head or per-row index)."""
+
+    def restrict(source: KeyBlocks) -> KeyBlocks:
+        index = source.index
+        index = index[heads] if index.shape[0] > 1 else index
+        index = index[:, rows] if index.shape[1] > 1 else index
+        return replace(source, index=index)
+
+    return replace(part, keys=tuple(restrict(source) for source in part.keys))
+
+
+def _batch_rows(batch: _Batch, rows: slice) -> _Batch:
+    tokens = batch.global_tokens
+    if tokens is not None:
+        tokens = GlobalTokens(tokens.mask[rows], tokens.positions[rows], tokens.valid[rows])
+    return replace(batch, lengths=batch.lengths[rows], global_tokens=tokens)
+
+
+class _ChunkedFlashBlocks(torch.autograd.Function):
+    """Exact softmax attention of a head group over the union of its parts' keys, on SDPA's fused
+    CPU kernel, a chunk of heads and batch rows at a time, gathering keys again in the backward.
+
+    Each part runs the flash kernel on its gathered blocks, which also returns its log-sum-exp;
+    parts merge with weights exp(lse_p − lse). The backward runs each part's flash backward with
+    the *merged* output and log-sum-exp, so the probabilities it recomputes are those of the
+    union softmax: exact gradients, no scores stored. Only q, k, v, the output and the
+    log-sum-exp are saved (not the gathered keys, 2 × keys-per-query × L × dim per head), and
+    chunks keep every temporary under :data:`CHUNK_BYTES`. The gathered keys' gradients reach
+    k and v through the gather's own backward (:class:`_GatheredKeys`), run per chunk.
     """
 
     @staticmethod
-    def forward(ctx: Any, parts: tuple[Part, ...], batch_size: int, *tensors: torch.Tensor) -> torch.Tensor:
-        inputs = [tensors[i : i + 4] for i in range(0, len(tensors), 4)]
-        outputs, lses = [], []
-        for (blocked_q, keys, values, mask), part in zip(inputs, parts, strict=True):
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                blocked_q, keys, values, 0.0, False, attn_mask=_additive(mask, blocked_q.dtype)
-            )
-            lse = lse.masked_fill(~mask.any(-1), float("-inf"))  # the kernel gives 0 for a row with no key
-            outputs.append(_unblock(out, part, batch_size))
-            lses.append(_unblock(lse[..., None], part, batch_size))
-        total = torch.logsumexp(torch.stack(lses), dim=0)
-        total = total.masked_fill(torch.isinf(total), 0.0)  # rows with no key at all: zero output, zero grad
-        context = sum(torch.exp(lse - total).to(out.dtype) * out for lse, out in zip(lses, outputs, strict=True))
-        ctx.parts = parts
-        ctx.save_for_backward(context, total, *tensors)
+    def forward(ctx: Any, group: HeadGroup, batch: _Batch, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        heads, batch_size, length, dim = q.shape
+        context, total = q.new_empty(heads, batch_size, length, dim), None
+        chunks = _chunks(q, group.parts, batch)
+        for chunk_heads, rows in chunks:
+            sub_batch = _batch_rows(batch, rows)
+            parts = [_chunk_of(part, chunk_heads, rows) for part in group.parts]
+            outputs, lses = [], []
+            for i, part in enumerate(parts):
+                blocked_q, keys, values, mask = _part_inputs(
+                    q[chunk_heads, rows], k[chunk_heads, rows], v[chunk_heads, rows], part, sub_batch, with_globals=i == 0
+                )
+                out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                    blocked_q, keys, values, 0.0, False, attn_mask=_additive(mask, blocked_q.dtype)
+                )
+                lse = lse.masked_fill(~mask.any(-1), float("-inf"))  # the kernel gives 0 for a row with no key
+                outputs.append(_unblock(out, part, rows.stop - rows.start))
+                lses.append(_unblock(lse[..., None], part, rows.stop - rows.start))
+            chunk_total = lses[0] if len(lses) == 1 else torch.logsumexp(torch.stack(lses), dim=0)
+            chunk_total = chunk_total.masked_fill(torch.isinf(chunk_total), 0.0)  # rows with no key: zero output
+            weights = [torch.exp(lse - chunk_total).to(q.dtype) for lse in lses]
+            context[chunk_heads, rows] = sum(w * out for w, out in zip(weights, outputs, strict=True))
+            if total is None:  # the kernel's log-sum-exp dtype
+                total = chunk_total.new_empty(heads, batch_size, length, 1)
+            total[chunk_heads, rows] = chunk_total
+        ctx.group, ctx.batch, ctx.chunks = group, batch, chunks
+        ctx.save_for_backward(q, k, v, context, total)
         return context
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        context, total, *tensors = ctx.saved_tensors
-        grads: list[torch.Tensor | None] = [None, None]
-        for i, part in enumerate(ctx.parts):
-            blocked_q, keys, values, mask = tensors[4 * i : 4 * i + 4]
-            grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                _blocked_like(grad, part, blocked_q).contiguous(), blocked_q, keys, values,
-                _blocked_like(context, part, blocked_q).contiguous(),
-                _blocked_like(total, part, blocked_q)[..., 0].contiguous(),
-                0.0, False, attn_mask=_additive(mask, blocked_q.dtype),
-            )
-            grads += [grad_q, grad_k, grad_v, None]
-        return tuple(grads)
+        q, k, v, context, total = ctx.saved_tensors
+        grad_q, grad_k, grad_v = (torch.empty_like(x) for x in (q, k, v))
+        for chunk_heads, rows in ctx.chunks:
+            sub_batch = _batch_rows(ctx.batch, rows)
+            leaves = [x[chunk_heads, rows].detach().requires_grad_() for x in (q, k, v)]
+            tensors, grads = [], []
+            for i, part in enumerate(ctx.group.parts):
+                part = _chunk_of(part, chunk_heads, rows)
+                with torch.enable_grad():  # the gather, to run its backward below
+                    blocked_q, keys, values, mask = _part_inputs(*leaves, part, sub_batch, with_globals=i == 0)
+
+                def blocked(x: torch.Tensor) -> torch.Tensor:
+                    return _blocked_like(x[chunk_heads, rows], part, blocked_q).contiguous()
+
+                part_grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                    blocked(grad), blocked_q.detach(), keys.detach(), values.detach(), blocked(context),
+                    blocked(total)[..., 0], 0.0, False, attn_mask=_additive(mask, blocked_q.dtype),
+                )
+                tensors += [blocked_q, keys, values]
+                grads += list(part_grads)
+            chunk_grads = torch.autograd.grad(tensors, leaves, grads)
+            for full, chunk_grad in zip((grad_q, grad_k, grad_v), chunk_grads, strict=True):
+                full[chunk_heads, rows] = chunk_grad
+        return None, None, grad_q, grad_k, grad_v
 
 
 def _merged_softmax(inputs, parts: Sequence[Part], batch: _Batch) -> torch.Tensor:

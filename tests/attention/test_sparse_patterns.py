@@ -15,6 +15,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from effzoo.attention import FullAttention, dense_reference_attention
+from effzoo.attention import blocksparse
 from effzoo.attention.axial import AxialAttention
 from effzoo.attention.kv_cache import SinkSlidingWindowLayer
 from effzoo.attention.local import LocalAttention
@@ -243,11 +244,18 @@ def test_pattern_equals_dense_reference(name, causal, padding, dense):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("chunk_rows", [None, 1, 2, 7], ids=["one-chunk", "rows-1", "rows-2", "rows-7"])
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_gradients_equal_dense_reference(name, causal):
+def test_gradients_equal_dense_reference(name, causal, chunk_rows, monkeypatch):
+    """Also with the fused path cut into chunks of (head, batch row) pairs: one pair each, two
+    (a head at a time, batch rows split unevenly) and seven (two whole heads at a time)."""
     if causal and name not in CAUSAL_CASES:
         pytest.skip("bidirectional only")
+    if chunk_rows is not None:
+        monkeypatch.setattr(
+            blocksparse, "_chunks", lambda q, parts, batch: blocksparse.chunk_slices(q.shape[0], q.shape[1], chunk_rows)
+        )
     mechanism, reference, extra_global = build(name)
     lengths = [37, 26, 0]
     q, k, v = [x.requires_grad_() for x in qkv()]
@@ -561,7 +569,6 @@ def test_longformer_without_hidden_states_raises():
 def test_windowed_patterns_run_short_inputs_dense_and_long_ones_in_blocks(config_name, monkeypatch):
     """Below 1,024 padded tokens their blocks would gather more keys than the input has."""
     import effzoo
-    from effzoo.attention import blocksparse
     from effzoo.variants import get_variant
 
     config = getattr(effzoo, config_name)(hidden_size=HIDDEN, num_attention_heads=HEADS, num_hidden_layers=1,
