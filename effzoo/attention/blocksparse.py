@@ -434,34 +434,46 @@ def _global_key_mask(query_positions: torch.Tensor, batch: _Batch) -> torch.Tens
     return keep
 
 
-def _part_inputs(q, k, v, part: Part, batch: _Batch, with_globals: bool):
-    """Blocked queries, gathered keys and values and the mask of one part (heads, batch·blocks, ...)."""
-    heads, batch_size, length, dim = q.shape
-    query_positions = part.query_positions(length, q.device).int()
-    num_blocks, block_size = query_positions.shape
-    # Without causality or trimming, every query of a block keeps the same keys: one mask row per
-    # block, which SDPA broadcasts (a 64-256x smaller mask to build and to convert).
+def _part_mask(part: Part, batch: _Batch, length: int, device: torch.device, with_globals: bool) -> torch.Tensor:
+    """Which gathered keys each query of a part keeps: (heads or 1, batch, blocks, rows, keys), bool.
+
+    Without causality or trimming every query of a block keeps the same keys: one row per block
+    (rows = 1), which SDPA broadcasts (a 64-256x smaller mask to build and to convert).
+    """
+    query_positions = part.query_positions(length, device).int()
+    num_blocks = query_positions.shape[0]
     per_query = batch.causal or any(source.trims for source in part.keys)
     rows = query_positions[:, :, None] if per_query else query_positions[:, :1, None]  # (blocks, rows, 1)
-
     masks = [
         _key_mask(rows, source.positions().int()[..., None, :], batch, source.allowed if source.trims else None)
         for source in part.keys
     ]
-    globals_ = batch.global_tokens if with_globals else None
-    if globals_ is not None:  # appended to the last source's keys, shared by every block
+    if with_globals and batch.global_tokens is not None:  # appended after the sources' keys
         masks.append(_global_key_mask(rows, batch))
     mask_heads = max(m.shape[0] for m in masks)
-    masks = [m.expand(mask_heads, batch_size, num_blocks, rows.shape[1], -1) for m in masks]
-    mask = masks[0] if len(masks) == 1 else torch.cat(masks, dim=-1)
+    masks = [m.expand(mask_heads, batch.lengths.shape[0], num_blocks, rows.shape[1], -1) for m in masks]
+    return masks[0] if len(masks) == 1 else torch.cat(masks, dim=-1)
+
+
+def _part_blocks(q, k, v, part: Part, batch: _Batch, with_globals: bool):
+    """Blocked queries and the gathered keys and values of one part: (heads, batch·blocks, ..., dim)."""
+    heads, batch_size, length, dim = q.shape
+    num_blocks = length // part.block_size
+    tail = batch.global_tokens if with_globals else None
 
     def blocked(x: torch.Tensor) -> torch.Tensor:
         """The keys (or values) of every source and the global ones: (heads, batch·blocks, keys, dim)."""
-        tail = None if globals_ is None else globals_.gather(x)
-        return gather_keys(x, part.keys, tail).reshape(heads, batch_size * num_blocks, -1, dim)
+        keys = gather_keys(x, part.keys, None if tail is None else tail.gather(x))
+        return keys.reshape(heads, batch_size * num_blocks, -1, dim)
 
-    blocked_q = reorder(q, part.order).reshape(heads, batch_size * num_blocks, block_size, dim)
-    return blocked_q, blocked(k), blocked(v), mask.reshape(mask_heads, batch_size * num_blocks, rows.shape[1], -1)
+    blocked_q = reorder(q, part.order).reshape(heads, batch_size * num_blocks, part.block_size, dim)
+    return blocked_q, blocked(k), blocked(v)
+
+
+def _part_inputs(q, k, v, part: Part, batch: _Batch, with_globals: bool):
+    """:func:`_part_blocks` and the part's mask, flattened like them (heads or 1, batch·blocks, rows, keys)."""
+    mask = _part_mask(part, batch, q.shape[2], q.device, with_globals)
+    return *_part_blocks(q, k, v, part, batch, with_globals), mask.flatten(1, 2)
 
 
 def _unblock(x: torch.Tensor, part: Part, batch_size: int) -> torch.Tensor:
@@ -555,6 +567,11 @@ def _batch_rows(batch: _Batch, rows: slice) -> _Batch:
     return replace(batch, lengths=batch.lengths[rows], global_tokens=tokens)
 
 
+def _chunk_mask(mask: torch.Tensor, heads: slice, rows: slice) -> torch.Tensor:
+    """A chunk's part of a (heads or 1, batch, blocks, ...) mask, flattened to (heads or 1, batch·blocks, ...)."""
+    return (mask[heads] if mask.shape[0] > 1 else mask)[:, rows].flatten(1, 2)
+
+
 class _ChunkedFlashBlocks(torch.autograd.Function):
     """Exact softmax attention of a head group over the union of its parts' keys, on SDPA's fused
     CPU kernel, a chunk of heads and batch rows at a time, gathering keys again in the backward.
@@ -573,18 +590,23 @@ class _ChunkedFlashBlocks(torch.autograd.Function):
         heads, batch_size, length, dim = q.shape
         context, total = q.new_empty(heads, batch_size, length, dim), None
         chunks = _chunks(q, group.parts, batch)
+        # Masks once for every chunk (most do not depend on the head): additive for the kernel,
+        # and which rows have any key (the kernel's log-sum-exp is 0 for a row with none).
+        masks = [_part_mask(part, batch, length, q.device, with_globals=i == 0) for i, part in enumerate(group.parts)]
+        additive = [_additive(mask, q.dtype) for mask in masks]
+        has_keys = [mask.any(-1) for mask in masks]
         for chunk_heads, rows in chunks:
             sub_batch = _batch_rows(batch, rows)
             parts = [_chunk_of(part, chunk_heads, rows) for part in group.parts]
             outputs, lses = [], []
             for i, part in enumerate(parts):
-                blocked_q, keys, values, mask = _part_inputs(
+                blocked_q, keys, values = _part_blocks(
                     q[chunk_heads, rows], k[chunk_heads, rows], v[chunk_heads, rows], part, sub_batch, with_globals=i == 0
                 )
                 out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                    blocked_q, keys, values, 0.0, False, attn_mask=_additive(mask, blocked_q.dtype)
+                    blocked_q, keys, values, 0.0, False, attn_mask=_chunk_mask(additive[i], chunk_heads, rows)
                 )
-                lse = lse.masked_fill(~mask.any(-1), float("-inf"))  # the kernel gives 0 for a row with no key
+                lse = lse.masked_fill(~_chunk_mask(has_keys[i], chunk_heads, rows), float("-inf"))
                 outputs.append(_unblock(out, part, rows.stop - rows.start))
                 lses.append(_unblock(lse[..., None], part, rows.stop - rows.start))
             chunk_total = lses[0] if len(lses) == 1 else torch.logsumexp(torch.stack(lses), dim=0)
@@ -594,7 +616,7 @@ class _ChunkedFlashBlocks(torch.autograd.Function):
             if total is None:  # the kernel's log-sum-exp dtype
                 total = chunk_total.new_empty(heads, batch_size, length, 1)
             total[chunk_heads, rows] = chunk_total
-        ctx.group, ctx.batch, ctx.chunks = group, batch, chunks
+        ctx.group, ctx.batch, ctx.chunks, ctx.additive = group, batch, chunks, additive
         ctx.save_for_backward(q, k, v, context, total)
         return context
 
@@ -609,14 +631,14 @@ class _ChunkedFlashBlocks(torch.autograd.Function):
             for i, part in enumerate(ctx.group.parts):
                 part = _chunk_of(part, chunk_heads, rows)
                 with torch.enable_grad():  # the gather, to run its backward below
-                    blocked_q, keys, values, mask = _part_inputs(*leaves, part, sub_batch, with_globals=i == 0)
+                    blocked_q, keys, values = _part_blocks(*leaves, part, sub_batch, with_globals=i == 0)
 
                 def blocked(x: torch.Tensor) -> torch.Tensor:
                     return _blocked_like(x[chunk_heads, rows], part, blocked_q).contiguous()
 
                 part_grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                     blocked(grad), blocked_q.detach(), keys.detach(), values.detach(), blocked(context),
-                    blocked(total)[..., 0], 0.0, False, attn_mask=_additive(mask, blocked_q.dtype),
+                    blocked(total)[..., 0], 0.0, False, attn_mask=_chunk_mask(ctx.additive[i], chunk_heads, rows),
                 )
                 tensors += [blocked_q, keys, values]
                 grads += list(part_grads)
