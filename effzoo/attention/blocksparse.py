@@ -561,6 +561,7 @@ def _chunk_of(part: Part, heads: slice, rows: slice) -> Part:
 
 
 def _batch_rows(batch: _Batch, rows: slice) -> _Batch:
+    """What the batch rows ``rows`` share (their lengths and global tokens)."""
     tokens = batch.global_tokens
     if tokens is not None:
         tokens = GlobalTokens(tokens.mask[rows], tokens.positions[rows], tokens.valid[rows])
@@ -632,13 +633,12 @@ class _ChunkedFlashBlocks(torch.autograd.Function):
                 part = _chunk_of(part, chunk_heads, rows)
                 with torch.enable_grad():  # the gather, to run its backward below
                     blocked_q, keys, values = _part_blocks(*leaves, part, sub_batch, with_globals=i == 0)
-
-                def blocked(x: torch.Tensor) -> torch.Tensor:
-                    return _blocked_like(x[chunk_heads, rows], part, blocked_q).contiguous()
-
+                part_grad, part_context, part_total = (
+                    _blocked_like(x[chunk_heads, rows], part, blocked_q).contiguous() for x in (grad, context, total)
+                )
                 part_grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                    blocked(grad), blocked_q.detach(), keys.detach(), values.detach(), blocked(context),
-                    blocked(total)[..., 0], 0.0, False, attn_mask=_chunk_mask(ctx.additive[i], chunk_heads, rows),
+                    part_grad, blocked_q.detach(), keys.detach(), values.detach(), part_context, part_total[..., 0],
+                    0.0, False, attn_mask=_chunk_mask(ctx.additive[i], chunk_heads, rows),
                 )
                 tensors += [blocked_q, keys, values]
                 grads += list(part_grads)

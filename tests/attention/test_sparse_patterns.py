@@ -271,6 +271,16 @@ def test_gradients_equal_dense_reference(name, causal, chunk_rows, monkeypatch):
         torch.testing.assert_close(gradient, reference_gradient, atol=1e-5, rtol=1e-5)
 
 
+def test_chunks_cover_every_head_and_batch_row_once_within_the_budget():
+    for heads, batch_size in [(4, 3), (12, 1), (1, 5)]:
+        for rows in range(1, heads * batch_size + 2):
+            covered = torch.zeros(heads, batch_size, dtype=torch.int)
+            for head_slice, row_slice in blocksparse.chunk_slices(heads, batch_size, rows):
+                covered[head_slice, row_slice] += 1
+                assert covered[head_slice, row_slice].numel() <= rows
+            assert (covered == 1).all(), (heads, batch_size, rows)
+
+
 @pytest.mark.parametrize("padding", [None, "left"])
 @pytest.mark.parametrize("name", [n for n in CASES if not n.startswith("local-")])
 def test_user_global_tokens(name, padding):
