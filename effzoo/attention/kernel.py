@@ -195,6 +195,7 @@ class _DivideByLastColumn(torch.autograd.Function):
 
 
 def _divide_by_clamped_last_column(out: torch.Tensor) -> torch.Tensor:
+    """The plain formula (autograd differentiates it under ``create_graph``)."""
     return out[..., :-1] / out[..., -1:].clamp_min(torch.finfo(out.dtype).tiny)
 
 
