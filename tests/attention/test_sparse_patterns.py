@@ -14,8 +14,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from effzoo.attention import FullAttention, dense_reference_attention
-from effzoo.attention import blocksparse
+from effzoo.attention import FullAttention, blocksparse, dense_reference_attention
 from effzoo.attention.axial import AxialAttention
 from effzoo.attention.kv_cache import SinkSlidingWindowLayer
 from effzoo.attention.local import LocalAttention
