@@ -196,6 +196,10 @@ class KeyBlocks:
         grad_blocks.view(-1, size * dim).index_add_(0, index, grad.reshape(index.numel(), size * dim))
         return grad_blocks
 
+    def for_query_blocks(self, blocks: slice) -> KeyBlocks:
+        """The source for the query blocks ``blocks`` only (gathered by index, not by shifting)."""
+        return replace(self, index=self.index[:, :, blocks], offsets=None)
+
     def _flat_index(self, heads: int, batch: int, num_blocks: int) -> torch.Tensor:
         """``index`` into blocks flattened over (heads, batch, blocks); -1 entries read block 0 (masked)."""
         base = torch.arange(heads * batch, device=self.index.device).view(heads, batch, 1, 1) * num_blocks
@@ -304,12 +308,13 @@ class GlobalTokens:
         return x.gather(2, index)
 
     def scatter(self, context: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """``context`` (heads, batch, L, dim) with the global rows replaced by ``rows``."""
-        heads, _, length, dim = context.shape
-        target = self.positions.masked_fill(~self.valid, length)  # invalid rows land past the end
-        index = target[None, :, :, None].expand(heads, -1, -1, dim)
-        extended = torch.cat([context, context.new_zeros(heads, context.shape[1], 1, dim)], dim=2)
-        return extended.scatter(2, index, rows)[:, :, :length]
+        """``context`` (heads, batch, L, dim) with the global rows replaced by ``rows`` (heads, batch,
+        g, dim): one copy, in the memory layout of ``context``."""
+        batch_index = torch.arange(self.positions.shape[0], device=context.device)[:, None].expand_as(self.positions)
+        index = (batch_index[self.valid], self.positions[self.valid])
+        by_position = context.permute(1, 2, 0, 3)  # (batch, L, heads, dim)
+        replaced = by_position.index_put(index, rows.permute(1, 2, 0, 3)[self.valid])
+        return replaced.permute(2, 0, 1, 3)
 
 
 def global_token_mask(
@@ -383,17 +388,24 @@ def block_sparse_attention(
         causal=causal,
         dropout_p=dropout_p,
     )
-    # Head-major (heads, batch, L, dim): a mask that does not depend on the head broadcasts.
-    q, k, v = (x.transpose(0, 1).contiguous() for x in (q, k, v))
+    # Head-major (heads, batch, L, dim) views, so that a mask that does not depend on the head
+    # broadcasts; not copied (each chunk of the block path copies what it reads).
+    q, k, v = (x.transpose(0, 1) for x in (q, k, v))
     attend = _attend_group_dense if dense else _attend_group_blocks
     if flex and not dense and supports_flex(groups):
         attend = _attend_group_flex_or_blocks
-    contexts = [attend(q[g.heads], k[g.heads], v[g.heads], g, batch) for g in groups]
+        q, k, v = (x.contiguous() for x in (q, k, v))
+    contexts = [attend(*(_heads(x, g.heads) for x in (q, k, v)), g, batch) for g in groups]
     context = contexts[0] if len(contexts) == 1 else torch.cat(contexts, dim=0)
     if batch.global_tokens is not None and not causal:
         rows = _global_rows(q, k, v, batch) if global_context is None else global_context.transpose(0, 1)
         context = batch.global_tokens.scatter(context, rows)
     return context.transpose(0, 1)
+
+
+def _heads(x: torch.Tensor, heads: slice) -> torch.Tensor:
+    """x[heads], or x itself when ``heads`` covers every head (a slice's backward zero-fills a copy)."""
+    return x if range(*heads.indices(x.shape[0])) == range(x.shape[0]) else x[heads]
 
 
 def _global_rows(q, k, v, batch: _Batch) -> torch.Tensor:
@@ -455,19 +467,17 @@ def _part_mask(part: Part, batch: _Batch, length: int, device: torch.device, wit
     return masks[0] if len(masks) == 1 else torch.cat(masks, dim=-1)
 
 
-def _part_blocks(q, k, v, part: Part, batch: _Batch, with_globals: bool):
-    """Blocked queries and the gathered keys and values of one part: (heads, batch·blocks, ..., dim)."""
-    heads, batch_size, length, dim = q.shape
-    num_blocks = length // part.block_size
+def _part_blocks(q, k, v, part: Part, batch: _Batch, with_globals: bool, blocks: slice | None = None):
+    """Blocked queries and the gathered keys and values of one part, or of its query blocks
+    ``blocks`` only: (heads, batch·blocks, ..., dim)."""
     tail = batch.global_tokens if with_globals else None
+    sources = part.keys if blocks is None else tuple(source.for_query_blocks(blocks) for source in part.keys)
 
     def blocked(x: torch.Tensor) -> torch.Tensor:
         """The keys (or values) of every source and the global ones: (heads, batch·blocks, keys, dim)."""
-        keys = gather_keys(x, part.keys, None if tail is None else tail.gather(x))
-        return keys.reshape(heads, batch_size * num_blocks, -1, dim)
+        return gather_keys(x, sources, None if tail is None else tail.gather(x)).flatten(1, 2)
 
-    blocked_q = reorder(q, part.order).reshape(heads, batch_size * num_blocks, part.block_size, dim)
-    return blocked_q, blocked(k), blocked(v)
+    return _blocked_like(q, part, blocks), blocked(k), blocked(v)
 
 
 def _part_inputs(q, k, v, part: Part, batch: _Batch, with_globals: bool):
@@ -516,9 +526,11 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
 
 
-def _blocked_like(x: torch.Tensor, part: Part, blocked_q: torch.Tensor) -> torch.Tensor:
-    """x (heads, batch, L, ...) in natural order, cut like the part's blocked queries (undoes :func:`_unblock`)."""
-    return reorder(x, part.order).reshape(*blocked_q.shape[:3], *x.shape[3:])
+def _blocked_like(x: torch.Tensor, part: Part, blocks: slice | None = None) -> torch.Tensor:
+    """x (heads, batch, L, ...) in natural order, cut into the part's query blocks (all, or
+    ``blocks``): (heads, batch·blocks, block_size, ...). Undoes :func:`_unblock`."""
+    blocked = reorder(x, part.order).unflatten(2, (-1, part.block_size))
+    return (blocked if blocks is None else blocked[:, :, blocks]).flatten(1, 2)
 
 
 #: The largest gathered key (or value) tensor of one chunk of the fused CPU path. glibc serves
@@ -528,15 +540,18 @@ def _blocked_like(x: torch.Tensor, part: Part, blocked_q: torch.Tensor) -> torch
 CHUNK_BYTES = 16 * 2**20
 
 
-def _chunks(q: torch.Tensor, parts: Sequence[Part], batch: _Batch) -> list[tuple[slice, slice]]:
-    """(heads, batch rows) slices whose gathered keys stay within :data:`CHUNK_BYTES`."""
+def _chunks(q: torch.Tensor, parts: Sequence[Part], batch: _Batch) -> tuple[list[tuple[slice, slice]], int]:
+    """(heads, batch rows) slices whose gathered keys stay within :data:`CHUNK_BYTES`, and in how
+    many pieces of query blocks each part of a chunk is attended (more than one only when one
+    head of one batch row is over the budget)."""
     heads, batch_size, length, dim = q.shape
     globals_ = 0 if batch.global_tokens is None else batch.global_tokens.positions.shape[1]
     keys = sum(
         length // part.block_size * (sum(s.index.shape[-1] * s.size for s in part.keys) + (globals_ if i == 0 else 0))
         for i, part in enumerate(parts)
     )
-    return chunk_slices(heads, batch_size, max(1, CHUNK_BYTES // (keys * dim * q.element_size())))
+    row_bytes = keys * dim * q.element_size()
+    return chunk_slices(heads, batch_size, max(1, CHUNK_BYTES // row_bytes)), max(1, -(-row_bytes // CHUNK_BYTES))
 
 
 def chunk_slices(heads: int, batch_size: int, rows: int) -> list[tuple[slice, slice]]:
@@ -568,9 +583,17 @@ def _batch_rows(batch: _Batch, rows: slice) -> _Batch:
     return replace(batch, lengths=batch.lengths[rows], global_tokens=tokens)
 
 
-def _chunk_mask(mask: torch.Tensor, heads: slice, rows: slice) -> torch.Tensor:
-    """A chunk's part of a (heads or 1, batch, blocks, ...) mask, flattened to (heads or 1, batch·blocks, ...)."""
-    return (mask[heads] if mask.shape[0] > 1 else mask)[:, rows].flatten(1, 2)
+def _chunk_mask(mask: torch.Tensor, heads: slice, rows: slice, blocks: slice | None) -> torch.Tensor:
+    """A chunk's piece (``blocks``; None: all) of a (heads or 1, batch, blocks, ...) mask, flattened
+    to (heads or 1, batch·blocks, ...)."""
+    mask = (mask[heads] if mask.shape[0] > 1 else mask)[:, rows]
+    return (mask if blocks is None else mask[:, :, blocks]).flatten(1, 2)
+
+
+def _pieces(num_blocks: int, pieces: int) -> list[slice]:
+    """``num_blocks`` query blocks cut into ``pieces`` runs of nearly equal length (none empty)."""
+    bounds = [round(i * num_blocks / pieces) for i in range(pieces + 1)]
+    return [slice(low, high) for low, high in zip(bounds, bounds[1:]) if high > low]
 
 
 class _ChunkedFlashBlocks(torch.autograd.Function):
@@ -589,8 +612,9 @@ class _ChunkedFlashBlocks(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, group: HeadGroup, batch: _Batch, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         heads, batch_size, length, dim = q.shape
-        context, total = q.new_empty(heads, batch_size, length, dim), None
-        chunks = _chunks(q, group.parts, batch)
+        # (batch, L, heads, dim) in memory: the layer merges the heads of that layout without a copy.
+        context, total = q.new_empty(batch_size, length, heads, dim).permute(2, 0, 1, 3), None
+        chunks, pieces = _chunks(q, group.parts, batch)
         # Masks once for every chunk (most do not depend on the head): additive for the kernel,
         # and which rows have any key (the kernel's log-sum-exp is 0 for a row with none).
         masks = [_part_mask(part, batch, length, q.device, with_globals=i == 0) for i, part in enumerate(group.parts)]
@@ -598,18 +622,22 @@ class _ChunkedFlashBlocks(torch.autograd.Function):
         has_keys = [mask.any(-1) for mask in masks]
         for chunk_heads, rows in chunks:
             sub_batch = _batch_rows(batch, rows)
-            parts = [_chunk_of(part, chunk_heads, rows) for part in group.parts]
+            inputs = [x[chunk_heads, rows] for x in (q, k, v)]
             outputs, lses = [], []
-            for i, part in enumerate(parts):
-                blocked_q, keys, values = _part_blocks(
-                    q[chunk_heads, rows], k[chunk_heads, rows], v[chunk_heads, rows], part, sub_batch, with_globals=i == 0
-                )
-                out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                    blocked_q, keys, values, 0.0, False, attn_mask=_chunk_mask(additive[i], chunk_heads, rows)
-                )
-                lse = lse.masked_fill(~_chunk_mask(has_keys[i], chunk_heads, rows), float("-inf"))
-                outputs.append(_unblock(out, part, rows.stop - rows.start))
-                lses.append(_unblock(lse[..., None], part, rows.stop - rows.start))
+            for i, part in enumerate(group.parts):
+                part = _chunk_of(part, chunk_heads, rows)
+                out_pieces, lse_pieces = [], []
+                for blocks in _piece_slices(length // part.block_size, pieces):
+                    blocked_q, keys, values = _part_blocks(*inputs, part, sub_batch, with_globals=i == 0, blocks=blocks)
+                    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                        blocked_q, keys, values, 0.0, False, attn_mask=_chunk_mask(additive[i], chunk_heads, rows, blocks)
+                    )
+                    lse = lse.masked_fill(~_chunk_mask(has_keys[i], chunk_heads, rows, blocks), float("-inf"))
+                    out_pieces.append(out)
+                    lse_pieces.append(lse[..., None])
+                num_rows = rows.stop - rows.start
+                outputs.append(_unblock(_join_pieces(out_pieces, num_rows), part, num_rows))
+                lses.append(_unblock(_join_pieces(lse_pieces, num_rows), part, num_rows))
             chunk_total = lses[0] if len(lses) == 1 else torch.logsumexp(torch.stack(lses), dim=0)
             chunk_total = chunk_total.masked_fill(torch.isinf(chunk_total), 0.0)  # rows with no key: zero output
             weights = [torch.exp(lse - chunk_total).to(q.dtype) for lse in lses]
@@ -617,35 +645,52 @@ class _ChunkedFlashBlocks(torch.autograd.Function):
             if total is None:  # the kernel's log-sum-exp dtype
                 total = chunk_total.new_empty(heads, batch_size, length, 1)
             total[chunk_heads, rows] = chunk_total
-        ctx.group, ctx.batch, ctx.chunks, ctx.additive = group, batch, chunks, additive
+        ctx.group, ctx.batch, ctx.chunks, ctx.pieces, ctx.additive = group, batch, chunks, pieces, additive
         ctx.save_for_backward(q, k, v, context, total)
         return context
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         q, k, v, context, total = ctx.saved_tensors
+        length = q.shape[2]
         grad_q, grad_k, grad_v = (torch.empty_like(x) for x in (q, k, v))
         for chunk_heads, rows in ctx.chunks:
             sub_batch = _batch_rows(ctx.batch, rows)
             leaves = [x[chunk_heads, rows].detach().requires_grad_() for x in (q, k, v)]
-            tensors, grads = [], []
+            chunk_grads = None
             for i, part in enumerate(ctx.group.parts):
                 part = _chunk_of(part, chunk_heads, rows)
-                with torch.enable_grad():  # the gather, to run its backward below
-                    blocked_q, keys, values = _part_blocks(*leaves, part, sub_batch, with_globals=i == 0)
-                part_grad, part_context, part_total = (
-                    _blocked_like(x[chunk_heads, rows], part, blocked_q).contiguous() for x in (grad, context, total)
-                )
-                part_grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                    part_grad, blocked_q.detach(), keys.detach(), values.detach(), part_context, part_total[..., 0],
-                    0.0, False, attn_mask=_chunk_mask(ctx.additive[i], chunk_heads, rows),
-                )
-                tensors += [blocked_q, keys, values]
-                grads += list(part_grads)
-            chunk_grads = torch.autograd.grad(tensors, leaves, grads)
+                for blocks in _piece_slices(length // part.block_size, ctx.pieces):
+                    with torch.enable_grad():  # the gather, to run its backward below
+                        blocked_q, keys, values = _part_blocks(*leaves, part, sub_batch, with_globals=i == 0, blocks=blocks)
+                    part_grad, part_context, part_total = (
+                        _blocked_like(x[chunk_heads, rows], part, blocks).contiguous() for x in (grad, context, total)
+                    )
+                    part_grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                        part_grad, blocked_q.detach(), keys.detach(), values.detach(), part_context, part_total[..., 0],
+                        0.0, False, attn_mask=_chunk_mask(ctx.additive[i], chunk_heads, rows, blocks),
+                    )
+                    piece_grads = torch.autograd.grad((blocked_q, keys, values), leaves, part_grads)
+                    if chunk_grads is None:
+                        chunk_grads = piece_grads
+                    else:
+                        for accumulated, piece_grad in zip(chunk_grads, piece_grads, strict=True):
+                            accumulated.add_(piece_grad)
             for full, chunk_grad in zip((grad_q, grad_k, grad_v), chunk_grads, strict=True):
                 full[chunk_heads, rows] = chunk_grad
         return None, None, grad_q, grad_k, grad_v
+
+
+def _piece_slices(num_blocks: int, pieces: int) -> list[slice | None]:
+    """The query blocks of each piece of a part: all of them (None) when there is one piece."""
+    return [None] if pieces == 1 else _pieces(num_blocks, pieces)
+
+
+def _join_pieces(pieces: list[torch.Tensor], num_rows: int) -> torch.Tensor:
+    """Per-piece kernel results (heads, rows·piece_blocks, ...) joined along the blocks."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return torch.cat([piece.unflatten(1, (num_rows, -1)) for piece in pieces], dim=2).flatten(1, 2)
 
 
 def _merged_softmax(inputs, parts: Sequence[Part], batch: _Batch) -> torch.Tensor:
@@ -859,7 +904,8 @@ class BlockSparseAttention(AttentionMechanism):
             dropout_p=self.attention_dropout(q),
             dense=padded_length < self.dense_attention_below,
             flex=self._use_flex(padded_length, q, k, v),
-        )[:, :, :length]
+        )
+        context = context if padded_length == length else context[:, :, :length]
         if padding_mask is None:
             return context
         real = torch.arange(length, device=q.device) < lengths[:, None]

@@ -243,17 +243,24 @@ def test_pattern_equals_dense_reference(name, causal, padding, dense):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("chunk_rows", [None, 1, 2, 7], ids=["one-chunk", "rows-1", "rows-2", "rows-7"])
+@pytest.mark.parametrize(
+    "chunk_rows, pieces",
+    [(None, 1), (1, 1), (2, 1), (7, 1), (1, 2), (1, 3)],
+    ids=["one-chunk", "rows-1", "rows-2", "rows-7", "rows-1-in-2-pieces", "rows-1-in-3-pieces"],
+)
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_gradients_equal_dense_reference(name, causal, chunk_rows, monkeypatch):
+def test_gradients_equal_dense_reference(name, causal, chunk_rows, pieces, monkeypatch):
     """Also with the fused path cut into chunks of (head, batch row) pairs: one pair each, two
-    (a head at a time, batch rows split unevenly) and seven (two whole heads at a time)."""
+    (a head at a time, batch rows split unevenly) and seven (two whole heads at a time); and with
+    each part of a one-pair chunk attended in 2 or 3 pieces of query blocks."""
     if causal and name not in CAUSAL_CASES:
         pytest.skip("bidirectional only")
     if chunk_rows is not None:
         monkeypatch.setattr(
-            blocksparse, "_chunks", lambda q, parts, batch: blocksparse.chunk_slices(q.shape[0], q.shape[1], chunk_rows)
+            blocksparse,
+            "_chunks",
+            lambda q, parts, batch: (blocksparse.chunk_slices(q.shape[0], q.shape[1], chunk_rows), pieces),
         )
     mechanism, reference, extra_global = build(name)
     lengths = [37, 26, 0]
@@ -278,6 +285,15 @@ def test_chunks_cover_every_head_and_batch_row_once_within_the_budget():
                 covered[head_slice, row_slice] += 1
                 assert covered[head_slice, row_slice].numel() <= rows
             assert (covered == 1).all(), (heads, batch_size, rows)
+
+
+@pytest.mark.parametrize("num_blocks, pieces", [(7, 1), (7, 2), (7, 3), (2, 3), (256, 3)])
+def test_pieces_cover_every_query_block_once(num_blocks, pieces):
+    covered = torch.zeros(num_blocks, dtype=torch.int)
+    for blocks in blocksparse._pieces(num_blocks, pieces):
+        assert blocks.stop > blocks.start
+        covered[blocks] += 1
+    assert (covered == 1).all()
 
 
 @pytest.mark.parametrize("padding", [None, "left"])
