@@ -166,7 +166,8 @@ def _rescale(
 
 
 class _DivideByLastColumn(torch.autograd.Function):
-    """[n, z] ↦ n / max(z, tiny), whose gradient is written into one new [n, z]-shaped tensor.
+    """[n, z] ↦ n / max(z, tiny) for (batch, heads, L, d + 1), whose gradient is written into one
+    new [n, z]-shaped tensor.
 
     Autograd's slice-and-divide fills two zero tensors of the input's shape in the backward,
     copies each slice's gradient in and adds them: four passes over (L × (d+1)) where one will do.
@@ -176,7 +177,10 @@ class _DivideByLastColumn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(out)
-        return _divide_by_clamped_last_column(out)
+        batch, heads, length, width = out.shape
+        # (batch, L, heads, dim) in memory: the layer merges the heads of that layout without a copy.
+        quotient = out.new_empty(batch, length, heads, width - 1).transpose(1, 2)
+        return torch.div(out[..., :-1], out[..., -1:].clamp_min(torch.finfo(out.dtype).tiny), out=quotient)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
