@@ -536,7 +536,8 @@ def _blocked_like(x: torch.Tensor, part: Part, blocks: slice | None = None) -> t
 #: The largest gathered key (or value) tensor of one chunk of the fused CPU path. glibc serves
 #: blocks under its mmap ceiling (32 MiB) from the heap and recycles them; larger ones are fresh
 #: mappings, page-faulted on every use. Measured here (2 cores, BigBird's 512 keys per block at
-#: 8K tokens, forward + backward): 0.99 s gathering all 12 heads at once, 0.53 s one head at a time.
+#: 8K tokens, forward + backward): 0.99 s gathering all 12 heads at once, 0.53 s one head at a time;
+#: at 16K (33.5 MB per head) 2.6 s one head at a time, 2.0 s in two pieces of query blocks.
 CHUNK_BYTES = 16 * 2**20
 
 
@@ -590,12 +591,6 @@ def _chunk_mask(mask: torch.Tensor, heads: slice, rows: slice, blocks: slice | N
     return (mask if blocks is None else mask[:, :, blocks]).flatten(1, 2)
 
 
-def _pieces(num_blocks: int, pieces: int) -> list[slice]:
-    """``num_blocks`` query blocks cut into ``pieces`` runs of nearly equal length (none empty)."""
-    bounds = [round(i * num_blocks / pieces) for i in range(pieces + 1)]
-    return [slice(low, high) for low, high in zip(bounds, bounds[1:]) if high > low]
-
-
 class _ChunkedFlashBlocks(torch.autograd.Function):
     """Exact softmax attention of a head group over the union of its parts' keys, on SDPA's fused
     CPU kernel, a chunk of heads and batch rows at a time, gathering keys again in the backward.
@@ -605,8 +600,9 @@ class _ChunkedFlashBlocks(torch.autograd.Function):
     the *merged* output and log-sum-exp, so the probabilities it recomputes are those of the
     union softmax: exact gradients, no scores stored. Only q, k, v, the output and the
     log-sum-exp are saved (not the gathered keys, 2 × keys-per-query × L × dim per head), and
-    chunks keep every temporary under :data:`CHUNK_BYTES`. The gathered keys' gradients reach
-    k and v through the gather's own backward (:class:`_GatheredKeys`), run per chunk.
+    chunks (pieces of query blocks, when one head of one row is too large) keep every temporary
+    under :data:`CHUNK_BYTES`. The gathered keys' gradients reach k and v through the gather's
+    own backward (:class:`_GatheredKeys`), run per piece.
     """
 
     @staticmethod
@@ -682,8 +678,12 @@ class _ChunkedFlashBlocks(torch.autograd.Function):
 
 
 def _piece_slices(num_blocks: int, pieces: int) -> list[slice | None]:
-    """The query blocks of each piece of a part: all of them (None) when there is one piece."""
-    return [None] if pieces == 1 else _pieces(num_blocks, pieces)
+    """``num_blocks`` query blocks cut into ``pieces`` runs of nearly equal length (none empty);
+    [None] (all of them, the whole-part path) for one piece."""
+    if pieces == 1:
+        return [None]
+    bounds = [round(i * num_blocks / pieces) for i in range(pieces + 1)]
+    return [slice(low, high) for low, high in zip(bounds, bounds[1:]) if high > low]
 
 
 def _join_pieces(pieces: list[torch.Tensor], num_rows: int) -> torch.Tensor:
