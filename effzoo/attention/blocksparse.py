@@ -51,6 +51,13 @@ Predicate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # --------------------------------------------------------------------------------------------
 
 
+def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
+    """The permutation that undoes ``order``: one scatter, O(L) (an argsort sorts, O(L log L))."""
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device, dtype=order.dtype)
+    return inverse
+
+
 class _Reorder(torch.autograd.Function):
     """``x.index_select(2, order)`` for a permutation ``order``; its backward is a gather too."""
 
@@ -62,7 +69,7 @@ class _Reorder(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (order,) = ctx.saved_tensors
-        return grad.index_select(2, torch.argsort(order)), None
+        return grad.index_select(2, inverse_permutation(order)), None
 
 
 def reorder(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
@@ -72,7 +79,7 @@ def reorder(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
 
 def restore(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
     """The inverse of :func:`reorder`."""
-    return x if order is None else _Reorder.apply(x, torch.argsort(order))
+    return x if order is None else _Reorder.apply(x, inverse_permutation(order))
 
 
 class _GatheredKeys(torch.autograd.Function):
