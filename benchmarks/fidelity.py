@@ -31,7 +31,7 @@ from transformers import AutoModel, AutoTokenizer
 import effzoo
 from effzoo.conversion.sources import resolve_source
 from effzoo.training.data import load_data
-from effzoo.training.distill import DistillConfig, distill, held_out_texts
+from effzoo.training.distill import TRAINABLE, DistillConfig, distill, held_out_texts
 from effzoo.training.fidelity import measure_fidelity
 
 TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -76,12 +76,14 @@ def zero_shot(student: Path, max_length: int, eval_texts: int) -> dict:
 
 
 def run(variant: str, settings: dict, minutes: float, max_length: int, eval_texts: int, workdir: Path,
-        learning_rate: float | None = None, schedule: str = "linear") -> dict:
+        learning_rate: float | None = None, schedule: str = "linear", trainable: str | None = None) -> dict:
     student = workdir / f"{variant}-converted"
     effzoo.convert(TEACHER, variant, student, overrides=settings, overwrite=True, progress=False)
     recipe = RECIPES.get(variant, DEFAULT_RECIPE)
     if learning_rate is not None:
         recipe = {**recipe, "learning_rate": learning_rate}
+    if trainable is not None:
+        recipe = {**recipe, "trainable": trainable}
     recipe = {**recipe, "schedule": schedule}
     if minutes == 0:
         return {"variant": variant, "settings": settings, "max_length": max_length, "recipe": None,
@@ -128,6 +130,8 @@ def main() -> None:
                         help="recovery budget per entry (wall time); 0 measures zero-shot only")
     parser.add_argument("--learning-rate", type=float,
                         help="learning rate of the recovery (default: the variant's recipe, 1e-4 for most)")
+    parser.add_argument("--trainable", choices=TRAINABLE,
+                        help="what the recovery trains (default: the variant's recipe, the whole model)")
     parser.add_argument("--schedule", choices=["linear", "constant"], default="linear",
                         help="after a 20-step warm-up the rate falls linearly to zero at the end of --minutes, or "
                              "holds (the schedule of the rows measured before 2026-12-02's session 5)")
@@ -143,7 +147,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         for variant, settings in entries:
             rows.append(run(variant, settings, args.minutes, args.max_length, args.eval_texts, Path(workdir),
-                            args.learning_rate, args.schedule))
+                            args.learning_rate, args.schedule, args.trainable))
             print(markdown(rows[-1:]), flush=True)
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__}
