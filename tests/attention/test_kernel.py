@@ -489,3 +489,12 @@ def test_cache_interface() -> None:
 def test_bad_config_values(field: str, value) -> None:
     with pytest.raises(ValueError, match=field):
         make(**{field: value})
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_context_is_laid_out_for_merging_heads_without_a_copy(kernel: str) -> None:
+    """The layer merges heads with ``context.transpose(1, 2).reshape(batch, L, hidden)``: a view only
+    when the context is (batch, L, heads, dim) in memory (at 16K a copy is a fresh 50 MB tensor)."""
+    q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in qkv(batch=2, length=12))
+    context = make(kernel)(q, k, v, padding_mask=None, causal=False)
+    assert context.transpose(1, 2).is_contiguous()

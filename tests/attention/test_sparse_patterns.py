@@ -610,3 +610,15 @@ def test_windowed_patterns_run_short_inputs_dense_and_long_ones_in_blocks(config
         extra = {"hidden_states": hidden_states[:, :length]} if config_name == "LongformerConfig" else {}
         mechanism(q, k, v, **extra)
     assert len(calls) == 1  # 900 tokens (padded to 928) dense, 1,024 in blocks
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_context_is_laid_out_for_merging_heads_without_a_copy(name):
+    """The fused CPU path writes (batch, L, heads, dim) in memory, so the layer's
+    ``transpose(1, 2).reshape(batch, L, hidden)`` is a view (at 16K a copy is a fresh 50 MB tensor)."""
+    mechanism, _, _ = build(name)
+    q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_() for x in qkv(batch=1, length=37))
+    extra, _ = hidden_inputs(mechanism, 1, 37)
+    context = mechanism(q, k, v, padding_mask=None, causal=False, **extra)
+    assert context.shape == q.shape
+    assert context.transpose(1, 2).is_contiguous()
