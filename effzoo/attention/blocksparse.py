@@ -403,9 +403,9 @@ def block_sparse_attention(
         attend = _attend_group_flex_or_blocks
         q, k, v = (x.contiguous() for x in (q, k, v))
     contexts = [attend(*(_heads(x, g.heads) for x in (q, k, v)), g, batch) for g in groups]
-    if len(contexts) > 1:  # joined in the (batch, L, heads, dim) layout the groups write
-        contexts = [torch.cat([c.permute(1, 2, 0, 3) for c in contexts], dim=2).permute(2, 0, 1, 3)]
     context = contexts[0]
+    if len(contexts) > 1:  # joined in the (batch, L, heads, dim) layout the groups write
+        context = torch.cat([c.permute(1, 2, 0, 3) for c in contexts], dim=2).permute(2, 0, 1, 3)
     if batch.global_tokens is not None and not causal:
         rows = _global_rows(q, k, v, batch) if global_context is None else global_context.transpose(0, 1)
         context = batch.global_tokens.scatter(context, rows)
