@@ -179,8 +179,7 @@ class _DivideByLastColumn(torch.autograd.Function):
         ctx.save_for_backward(out)
         batch, heads, length, width = out.shape
         # (batch, L, heads, dim) in memory: the layer merges the heads of that layout without a copy.
-        quotient = out.new_empty(batch, length, heads, width - 1).transpose(1, 2)
-        return torch.div(out[..., :-1], out[..., -1:].clamp_min(torch.finfo(out.dtype).tiny), out=quotient)
+        return _divide_by_clamped_last_column(out, into=out.new_empty(batch, length, heads, width - 1).transpose(1, 2))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -198,9 +197,10 @@ class _DivideByLastColumn(torch.autograd.Function):
         return grad_out
 
 
-def _divide_by_clamped_last_column(out: torch.Tensor) -> torch.Tensor:
-    """The plain formula (autograd differentiates it under ``create_graph``)."""
-    return out[..., :-1] / out[..., -1:].clamp_min(torch.finfo(out.dtype).tiny)
+def _divide_by_clamped_last_column(out: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
+    """The plain formula, written into ``into`` when given (autograd differentiates it, without
+    ``into``, under ``create_graph``)."""
+    return torch.div(out[..., :-1], out[..., -1:].clamp_min(torch.finfo(out.dtype).tiny), out=into)
 
 
 def divide_by_last_column(out: torch.Tensor) -> torch.Tensor:
