@@ -116,7 +116,8 @@ def run_pretrain(args: argparse.Namespace) -> None:
 
 def add_distill_parser(commands: Any) -> None:
     parser = commands.add_parser("distill", help="recover a converted model against its teacher",
-                                 description="Train a converted student to match its teacher layer by layer.")
+                                 description="Train a converted student to match its teacher: every layer's "
+                                             "attention output and hidden state, and the sentence embedding.")
     parser.add_argument("--teacher", required=True, help="the source checkpoint (directory or Hub id)")
     parser.add_argument("--student", required=True, help="the converted effzoo checkpoint")
     parser.add_argument("--max-length", type=int, default=256)
@@ -131,6 +132,10 @@ def add_distill_parser(commands: Any) -> None:
     parser.add_argument("--mechanism-learning-rate", type=float,
                         help="learning rate of the mechanism's own parameters (Hedgehog's feature maps); "
                              "the rest train at --learning-rate")
+    parser.add_argument("--sentence-weight", type=float, default=0.0,
+                        help="weight of 1 - cosine between the two models' mean-pooled sentence embeddings, beside "
+                             "the layer terms' weight of 1 each (0: layers only; 10 suits students that start close "
+                             "to their teacher, such as the sparse patterns)")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--eval-texts", type=int, default=64, help="held-out texts for the fidelity figures")
     parser.add_argument("--select-every", type=int, default=50,
@@ -148,7 +153,8 @@ def run_distill(args: argparse.Namespace) -> None:
         teacher=args.teacher, student=args.student, output_dir=args.output_dir, data=args.data,
         text_column=args.text_column, max_length=args.max_length, max_steps=args.max_steps,
         time_budget_minutes=args.time_budget_minutes, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        schedule=args.schedule, trainable=args.trainable, mechanism_learning_rate=args.mechanism_learning_rate, eval_texts=args.eval_texts,
+        schedule=args.schedule, trainable=args.trainable, mechanism_learning_rate=args.mechanism_learning_rate,
+        sentence_weight=args.sentence_weight, eval_texts=args.eval_texts,
         select_every=args.select_every, selection_texts=args.selection_texts, seed=args.seed, overwrite=args.overwrite,
         resume_from_checkpoint=args.resume_from_checkpoint, progress=args.progress,
     )

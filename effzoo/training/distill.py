@@ -4,7 +4,9 @@ Swapping the attention of a pretrained BERT keeps its weights but changes what e
 computes. This recipe continues training the converted *student* to reproduce its *teacher*
 layer by layer — the attention output of every layer and the hidden state after it (the
 attention-transfer step of Hedgehog, Zhang et al. 2024, and LoLCATs, Zhang et al. 2025) —
-on real text, with Transformers' ``Trainer``. It works for any variant.
+and to reproduce its output, the mean-pooled sentence embedding of the last hidden state (the
+"logits" of a sentence-embedding teacher such as all-MiniLM-L6-v2), on real text, with
+Transformers' ``Trainer``. It works for any variant.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ..conversion.sources import resolve_source
 from ..hub.provenance import read_provenance, record_provenance
 from ..outputs import check_output_dir
 from .data import load_data
-from .fidelity import Fidelity, measure_fidelity
+from .fidelity import Fidelity, mean_pool, measure_fidelity
 
 TRAINABLE = ("all", "attention", "mechanism")
 SCHEDULES = ("linear", "constant")
@@ -62,6 +64,12 @@ class DistillConfig:
     mechanism_learning_rate: float | None = None
     hidden_weight: float = 1.0
     attention_weight: float = 1.0
+    #: Weight of 1 − cosine between the two models' mean-pooled last hidden states (0: layers only).
+    #: For a student that starts close to its teacher (the sparse patterns) layer matching alone
+    #: can lower the sentence cosine while it lowers its own loss; 10 moved ``axial`` from 0.93 to
+    #: 0.97 in 3 minutes. For one that starts far (Hedgehog at 0.50) it took steps from the layer
+    #: terms: 0.959 in 15 minutes against 0.976 without.
+    sentence_weight: float = 0.0
     eval_texts: int = 64
     #: Every ``select_every`` steps the student's fidelity on ``selection_texts`` held-out texts
     #: (never the ``eval_texts``) is measured, and the best weights, the converted ones included,
@@ -102,14 +110,24 @@ def layer_matching_loss(student_states: list[torch.Tensor], teacher_states: list
     return torch.stack(losses).mean()
 
 
+def sentence_loss(student_state: torch.Tensor, teacher_state: torch.Tensor,
+                  attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of 1 − the cosine similarity of the two mean-pooled sentence embeddings."""
+    student = mean_pool(student_state.float(), attention_mask)
+    teacher = mean_pool(teacher_state.float(), attention_mask)
+    return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+
+
 class DistillationTrainer(Trainer):
-    """``Trainer`` whose loss is the student's layer-wise distance to a frozen teacher."""
+    """``Trainer`` whose loss is the student's distance to a frozen teacher: layer by layer, and
+    between the two sentence embeddings."""
 
     def __init__(self, *args: Any, teacher: torch.nn.Module, hidden_weight: float, attention_weight: float,
-                 **kwargs: Any) -> None:
+                 sentence_weight: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.teacher = teacher.eval().requires_grad_(False)
         self.hidden_weight, self.attention_weight = hidden_weight, attention_weight
+        self.sentence_weight = sentence_weight
         self.student_attention = LayerOutputs(self.model)
         self.teacher_attention = LayerOutputs(self.teacher)
 
@@ -126,7 +144,8 @@ class DistillationTrainer(Trainer):
         mask = inputs["attention_mask"]
         hidden = layer_matching_loss(student.hidden_states[1:], teacher.hidden_states[1:], mask)
         attention = layer_matching_loss(self.student_attention.pop(), self.teacher_attention.pop(), mask)
-        loss = self.hidden_weight * hidden + self.attention_weight * attention
+        sentence = sentence_loss(student.hidden_states[-1], teacher.hidden_states[-1], mask)
+        loss = self.hidden_weight * hidden + self.attention_weight * attention + self.sentence_weight * sentence
         return (loss, student) if return_outputs else loss
 
 
@@ -306,6 +325,7 @@ def distill(config: DistillConfig) -> dict[str, Any]:
         data_collator=transformers.DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
         callbacks=callbacks, optimizers=(optimizer, scheduler), teacher=teacher,
         hidden_weight=config.hidden_weight, attention_weight=config.attention_weight,
+        sentence_weight=config.sentence_weight,
     )
     started, started_cpu = time.perf_counter(), time.process_time()
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)

@@ -2,7 +2,7 @@
 
 1. convert the packaged all-MiniLM-L6-v2 (a 512-token BERT) to a long-context variant, its
    positions tiled to ``max_length`` (1,024 by default: beyond what the original can read);
-2. recover it briefly against its teacher (``effzoo distill``, layer by layer);
+2. recover it briefly against its teacher (``effzoo distill``);
 3. fine-tune it on BBC News at ``max_length`` tokens, and ``full`` at 512 with the same budget;
 4. evaluate both on the held-out test split: accuracy, tokens per second, peak memory;
 5. leave a Hub-ready folder: weights, tokenizer, code, and a model card with the results.

@@ -7,7 +7,7 @@ import torch
 from transformers import BertForMaskedLM, BertModel
 
 import effzoo
-from effzoo.training.distill import DistillConfig, distill, layer_matching_loss, select_trainable
+from effzoo.training.distill import DistillConfig, distill, layer_matching_loss, select_trainable, sentence_loss
 from effzoo.training.fidelity import spearman
 from effzoo.training.pretrain import PretrainConfig, pack_texts, pretrain
 from tests.conftest import save_tiny_checkpoint
@@ -29,6 +29,15 @@ def test_spearman_and_layer_loss_follow_their_formulas():
     a, b = torch.zeros(1, 3, 2), torch.ones(1, 3, 2)
     b[0, 2] = 100.0  # a padded position never counts
     assert layer_matching_loss([a, a], [b, b], mask) == pytest.approx(1.0)
+
+
+def test_sentence_loss_compares_mean_pooled_real_tokens_by_angle():
+    mask = torch.tensor([[1, 1, 0]])
+    teacher = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]]])
+    student = torch.tensor([[[3.0, 0.0], [2.0, 0.0], [-1.0, 0.0]]])
+    # Pooled over real tokens: student (2.5, 0), teacher (0.5, 1) -> cosine 0.5 / sqrt(1.25).
+    assert sentence_loss(student, teacher, mask) == pytest.approx(1 - 0.5 / 1.25 ** 0.5)
+    assert sentence_loss(teacher * 7, teacher, mask) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_distilling_full_from_its_own_teacher_changes_nothing(tmp_path, text_file):
