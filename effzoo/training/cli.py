@@ -117,7 +117,8 @@ def run_pretrain(args: argparse.Namespace) -> None:
 def add_distill_parser(commands: Any) -> None:
     parser = commands.add_parser("distill", help="recover a converted model against its teacher",
                                  description="Train a converted student to match its teacher: every layer's "
-                                             "attention output and hidden state, and the sentence embedding.")
+                                             "attention output and hidden state, and with --sentence-weight its "
+                                             "sentence embedding.")
     parser.add_argument("--teacher", required=True, help="the source checkpoint (directory or Hub id)")
     parser.add_argument("--student", required=True, help="the converted effzoo checkpoint")
     parser.add_argument("--max-length", type=int, default=256)

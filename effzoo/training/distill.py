@@ -4,9 +4,9 @@ Swapping the attention of a pretrained BERT keeps its weights but changes what e
 computes. This recipe continues training the converted *student* to reproduce its *teacher*
 layer by layer — the attention output of every layer and the hidden state after it (the
 attention-transfer step of Hedgehog, Zhang et al. 2024, and LoLCATs, Zhang et al. 2025) —
-and to reproduce its output, the mean-pooled sentence embedding of the last hidden state (the
-"logits" of a sentence-embedding teacher such as all-MiniLM-L6-v2), on real text, with
-Transformers' ``Trainer``. It works for any variant.
+and, with ``sentence_weight``, its output too: the mean-pooled sentence embedding of the last
+hidden state (the "logits" of a sentence-embedding teacher such as all-MiniLM-L6-v2). On real
+text, with Transformers' ``Trainer``. It works for any variant.
 """
 
 from __future__ import annotations
