@@ -144,8 +144,10 @@ class DistillationTrainer(Trainer):
         mask = inputs["attention_mask"]
         hidden = layer_matching_loss(student.hidden_states[1:], teacher.hidden_states[1:], mask)
         attention = layer_matching_loss(self.student_attention.pop(), self.teacher_attention.pop(), mask)
-        sentence = sentence_loss(student.hidden_states[-1], teacher.hidden_states[-1], mask)
-        loss = self.hidden_weight * hidden + self.attention_weight * attention + self.sentence_weight * sentence
+        loss = self.hidden_weight * hidden + self.attention_weight * attention
+        if self.sentence_weight:
+            sentence = sentence_loss(student.hidden_states[-1], teacher.hidden_states[-1], mask)
+            loss = loss + self.sentence_weight * sentence
         return (loss, student) if return_outputs else loss
 
 

@@ -51,6 +51,21 @@ def test_distilling_full_from_its_own_teacher_changes_nothing(tmp_path, text_fil
     assert json.loads((tmp_path / "out" / "effzoo_distill.json").read_text())["steps"] == 3
 
 
+def test_the_sentence_term_changes_what_recovery_trains(tmp_path, text_file):
+    source = save_tiny_checkpoint(BertModel, tmp_path / "teacher")
+    effzoo.convert(source, "linear", tmp_path / "student", progress=False)
+
+    def recovered(sentence_weight: float) -> dict:
+        return distill(DistillConfig(teacher=str(source), student=str(tmp_path / "student"),
+                                     output_dir=str(tmp_path / f"out-{sentence_weight}"), data=str(text_file),
+                                     max_length=16, max_steps=3, eval_texts=4, select_every=0,
+                                     sentence_weight=sentence_weight, progress=False, save_checkpoints=False))
+
+    layers_only, with_sentence = recovered(0.0), recovered(100.0)
+    assert layers_only["before"] == with_sentence["before"]
+    assert layers_only["after"]["token_cosine"] != pytest.approx(with_sentence["after"]["token_cosine"], abs=1e-6)
+
+
 def test_trainable_parts_are_chosen_by_name(tiny_full_config):
     model = effzoo.FullModel(tiny_full_config)
     attention = select_trainable(model, "attention")
