@@ -353,8 +353,10 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     }
     if trainer.is_world_process_zero():
         (output / "effzoo_distill.json").write_text(json.dumps(results, indent=2))
-        record_provenance(output, **read_provenance(config.student), fidelity={
+        # The student's provenance carries over; its fidelity (from an earlier recovery) is replaced.
+        provenance = read_provenance(config.student) | {"fidelity": {
             "teacher": config.teacher, "data": results["held_out"], "metrics": after.as_dict(),
             "before_recovery": before.as_dict(), "recovery_cpu_minutes": results["cpu_minutes"],
-        })
+        }}
+        record_provenance(output, **provenance)
     return results
