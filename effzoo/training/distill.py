@@ -70,6 +70,13 @@ class DistillConfig:
     #: 0.97 in 3 minutes. For one that starts far (Hedgehog at 0.50) it took steps from the layer
     #: terms: 0.959 in 15 minutes against 0.976 without.
     sentence_weight: float = 0.0
+    #: Attention transfer (the first stage of LoLCATs, Zhang et al. 2025): every student layer's
+    #: attention takes the teacher's input to that layer, and only the attention outputs are matched.
+    #: Layers then learn independently (an error in one does not reach the next) and a step is cheaper;
+    #: the hidden-state and sentence terms need the student's own forward and do not apply. Hedgehog's
+    #: feature maps trained so for 3 minutes, then the whole model end to end for 12, reach 0.979
+    #: against 0.976 end to end alone.
+    teacher_forced: bool = False
     eval_texts: int = 64
     #: Every ``select_every`` steps the student's fidelity on ``selection_texts`` held-out texts
     #: (never the ``eval_texts``) is measured, and the best weights, the converted ones included,
@@ -118,16 +125,34 @@ def sentence_loss(student_state: torch.Tensor, teacher_state: torch.Tensor,
     return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
 
 
+class TeacherInputs:
+    """Forward pre-hooks that give each layer's attention ``inputs[layer]`` in place of its own
+    input while ``inputs`` is set (the teacher-forced training passes only)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.inputs: tuple[torch.Tensor, ...] | None = None
+        layers = model.base_model.encoder.layer
+        self._handles = [layer.attention.self.register_forward_pre_hook(self._replacer(index), with_kwargs=True)
+                         for index, layer in enumerate(layers)]
+
+    def _replacer(self, index: int) -> Callable:
+        def replace(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            return None if self.inputs is None else ((self.inputs[index], *args[1:]), kwargs)
+
+        return replace
+
+
 class DistillationTrainer(Trainer):
     """``Trainer`` whose loss is the student's distance to a frozen teacher: layer by layer, and
     between the two sentence embeddings."""
 
     def __init__(self, *args: Any, teacher: torch.nn.Module, hidden_weight: float, attention_weight: float,
-                 sentence_weight: float, **kwargs: Any) -> None:
+                 sentence_weight: float, teacher_forced: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.teacher = teacher.eval().requires_grad_(False)
         self.hidden_weight, self.attention_weight = hidden_weight, attention_weight
         self.sentence_weight = sentence_weight
+        self.teacher_inputs = TeacherInputs(self.model) if teacher_forced else None
         self.student_attention = LayerOutputs(self.model)
         self.teacher_attention = LayerOutputs(self.teacher)
 
@@ -138,12 +163,19 @@ class DistillationTrainer(Trainer):
         try:
             with torch.no_grad():
                 teacher = self.teacher(**inputs, output_hidden_states=True)
-            student = model(**inputs, output_hidden_states=True)
+            if self.teacher_inputs is not None:
+                self.teacher_inputs.inputs = teacher.hidden_states[:-1]
+            student = model(**inputs, output_hidden_states=self.teacher_inputs is None)
         finally:
             self.student_attention.recording = self.teacher_attention.recording = False
+            if self.teacher_inputs is not None:
+                self.teacher_inputs.inputs = None
         mask = inputs["attention_mask"]
-        hidden = layer_matching_loss(student.hidden_states[1:], teacher.hidden_states[1:], mask)
         attention = layer_matching_loss(self.student_attention.pop(), self.teacher_attention.pop(), mask)
+        if self.teacher_inputs is not None:
+            loss = self.attention_weight * attention
+            return (loss, student) if return_outputs else loss
+        hidden = layer_matching_loss(student.hidden_states[1:], teacher.hidden_states[1:], mask)
         loss = self.hidden_weight * hidden + self.attention_weight * attention
         if self.sentence_weight:
             sentence = sentence_loss(student.hidden_states[-1], teacher.hidden_states[-1], mask)
@@ -281,6 +313,9 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     if config.schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {config.schedule!r}; 'linear' decays to zero, "
                          "'constant' holds the rate after the warm-up.")
+    if config.teacher_forced and config.sentence_weight:
+        raise ValueError("teacher_forced matches the attention outputs only, so sentence_weight does not apply: set it "
+                         "to 0, or run a second recovery without teacher_forced with the sentence term.")
     output = Path(config.output_dir)
     check_output_dir(output, config.overwrite, resuming=bool(config.resume_from_checkpoint))
     transformers.set_seed(config.seed)
@@ -327,7 +362,7 @@ def distill(config: DistillConfig) -> dict[str, Any]:
         data_collator=transformers.DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
         callbacks=callbacks, optimizers=(optimizer, scheduler), teacher=teacher,
         hidden_weight=config.hidden_weight, attention_weight=config.attention_weight,
-        sentence_weight=config.sentence_weight,
+        sentence_weight=config.sentence_weight, teacher_forced=config.teacher_forced,
     )
     started, started_cpu = time.perf_counter(), time.process_time()
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)

@@ -4,10 +4,17 @@ import json
 
 import pytest
 import torch
-from transformers import BertForMaskedLM, BertModel
+from transformers import BertForMaskedLM, BertModel, TrainingArguments
 
 import effzoo
-from effzoo.training.distill import DistillConfig, distill, layer_matching_loss, select_trainable, sentence_loss
+from effzoo.training.distill import (
+    DistillationTrainer,
+    DistillConfig,
+    distill,
+    layer_matching_loss,
+    select_trainable,
+    sentence_loss,
+)
 from effzoo.training.fidelity import spearman
 from effzoo.training.pretrain import PretrainConfig, pack_texts, pretrain
 from tests.conftest import save_tiny_checkpoint
@@ -64,6 +71,54 @@ def test_the_sentence_term_changes_what_recovery_trains(tmp_path, text_file):
     layers_only, with_sentence = recovered(0.0), recovered(100.0)
     assert layers_only["before"] == with_sentence["before"]
     assert layers_only["after"]["token_cosine"] != pytest.approx(with_sentence["after"]["token_cosine"], abs=1e-6)
+
+
+def test_teacher_forcing_gives_each_layer_the_teachers_input(tmp_path):
+    """A student whose first feed-forward differs: its own later layers see other inputs (a loss),
+    but teacher-forced each attention sees the teacher's input and matches exactly (no loss)."""
+    source = save_tiny_checkpoint(BertModel, tmp_path / "teacher")
+    effzoo.convert(source, "full", tmp_path / "student", progress=False)
+    teacher = BertModel.from_pretrained(source)
+    student = effzoo.FullModel.from_pretrained(tmp_path / "student")
+    with torch.no_grad():
+        student.encoder.layer[0].output.dense.weight.normal_()
+    inputs = {"input_ids": torch.randint(5, 90, (2, 12)), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
+    inputs["attention_mask"][1, 9:] = 0
+
+    def attention_loss(teacher_forced: bool) -> float:
+        trainer = DistillationTrainer(model=student, args=TrainingArguments(str(tmp_path / "out"), report_to=[],
+                                                                            use_cpu=True),
+                                      teacher=teacher, hidden_weight=0.0, attention_weight=1.0, sentence_weight=0.0,
+                                      teacher_forced=teacher_forced)
+        return trainer.compute_loss(student.eval(), dict(inputs)).item()
+
+    assert attention_loss(teacher_forced=False) > 1e-4
+    assert attention_loss(teacher_forced=True) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_a_teacher_forced_stage_then_an_end_to_end_stage(tmp_path, text_file):
+    """The two-stage recipe: feature maps alone, teacher-forced; then the whole model from that
+    checkpoint, whose provenance already holds a fidelity record."""
+    source = save_tiny_checkpoint(BertModel, tmp_path / "teacher")
+    effzoo.convert(source, "hedgehog", tmp_path / "student", progress=False)
+    common = dict(teacher=str(source), data=str(text_file), max_length=16, max_steps=3, eval_texts=4,
+                  progress=False, save_checkpoints=False)
+    first = distill(DistillConfig(student=str(tmp_path / "student"), output_dir=str(tmp_path / "stage1"),
+                                  teacher_forced=True, trainable="mechanism", learning_rate=1e-2, select_every=0,
+                                  **common))
+    converted = effzoo.HedgehogModel.from_pretrained(tmp_path / "student").state_dict()
+    stage1 = effzoo.HedgehogModel.from_pretrained(tmp_path / "stage1").state_dict()
+    moved = {name for name in converted if not torch.equal(converted[name], stage1[name])}
+    assert moved and all(".mechanism." in name for name in moved)
+    second = distill(DistillConfig(student=str(tmp_path / "stage1"), output_dir=str(tmp_path / "stage2"), **common))
+    assert second["before"] == first["after"]
+    provenance = json.loads((tmp_path / "stage2" / "effzoo_provenance.json").read_text())
+    assert provenance["fidelity"]["metrics"] == second["after"]
+    assert provenance["source"] == json.loads((tmp_path / "student" / "effzoo_provenance.json").read_text())["source"]
+    with pytest.raises(ValueError, match="sentence_weight does not apply"):
+        distill(DistillConfig(student=str(tmp_path / "student"), output_dir=str(tmp_path / "never"),
+                              teacher_forced=True, sentence_weight=1.0, **common))
+    assert not (tmp_path / "never").exists()
 
 
 def test_trainable_parts_are_chosen_by_name(tiny_full_config):
