@@ -46,7 +46,7 @@ TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
 #: of the budget alone and teacher-forced (``TEACHER_FORCED_STAGE``, LoLCATs' attention transfer).
 KERNEL_RECIPE = {"trainable": "all", "learning_rate": 1e-4, "sentence_weight": 0.0}
 RECIPES = {"performer": KERNEL_RECIPE, "linear": KERNEL_RECIPE,
-           "hedgehog": {**KERNEL_RECIPE, "mechanism_learning_rate": 1e-2, "teacher_forced_minutes": 3.0}}
+           "hedgehog": {**KERNEL_RECIPE, "mechanism_learning_rate": 1e-2, "teacher_forced_minutes": 1.5}}
 TEACHER_FORCED_STAGE = {"teacher_forced": True, "trainable": "mechanism", "learning_rate": 1e-2, "select_every": 0}
 DEFAULT_RECIPE = {"trainable": "all", "learning_rate": 5e-5, "sentence_weight": 10.0}
 
@@ -169,7 +169,7 @@ def main() -> None:
                              "terms only, as every row before session 8)")
     parser.add_argument("--teacher-forced-minutes", type=float,
                         help="minutes of the budget for a first, teacher-forced stage that trains the mechanism alone "
-                             "(default: the variant's recipe, 3 for hedgehog, none for the others; 0: none)")
+                             "(default: the variant's recipe, 1.5 for hedgehog, none for the others; 0: none)")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--eval-texts", type=int, default=64)
     parser.add_argument("--name", default="fidelity", help="file name of the results, without extension")
