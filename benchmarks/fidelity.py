@@ -85,7 +85,8 @@ def zero_shot(student: Path, max_length: int, eval_texts: int) -> dict:
 
 def run(variant: str, settings: dict, minutes: float, max_length: int, eval_texts: int, workdir: Path,
         learning_rate: float | None = None, schedule: str = "linear", trainable: str | None = None,
-        sentence_weight: float | None = None, teacher_forced_minutes: float | None = None) -> dict:
+        sentence_weight: float | None = None, teacher_forced_minutes: float | None = None,
+        bf16: bool = False) -> dict:
     student = workdir / f"{variant}-converted"
     effzoo.convert(TEACHER, variant, student, overrides=settings, overwrite=True, progress=False)
     recipe = RECIPES.get(variant, DEFAULT_RECIPE)
@@ -106,7 +107,7 @@ def run(variant: str, settings: dict, minutes: float, max_length: int, eval_text
         return distill(DistillConfig(
             teacher=TEACHER, student=str(student), output_dir=str(workdir / output), overwrite=True,
             max_length=max_length, max_steps=100_000, time_budget_minutes=stage_minutes, eval_texts=eval_texts,
-            batch_size=4, save_checkpoints=False, progress=False, schedule=schedule, **stage_recipe,
+            batch_size=4, save_checkpoints=False, progress=False, schedule=schedule, bf16=bf16, **stage_recipe,
         ))
 
     end_to_end = {key: value for key, value in recipe.items() if key not in ("teacher_forced_minutes", "schedule")}
@@ -118,7 +119,7 @@ def run(variant: str, settings: dict, minutes: float, max_length: int, eval_text
     if minutes > first_minutes:
         stages.append(recover(student, f"{variant}-recovered", minutes - first_minutes, **end_to_end))
     last = stages[-1]
-    return {"variant": variant, "settings": settings, "max_length": max_length, "recipe": recipe,
+    return {"variant": variant, "settings": settings, "max_length": max_length, "recipe": recipe, "bf16": bf16,
             "before": stages[0]["before"], "after": last["after"],
             "steps": sum(stage["steps"] for stage in stages),
             "selected_step": sum(stage["steps"] for stage in stages[:-1]) + last["selected_step"],
@@ -170,6 +171,8 @@ def main() -> None:
     parser.add_argument("--teacher-forced-minutes", type=float,
                         help="minutes of the budget for a first, teacher-forced stage that trains the mechanism alone "
                              "(default: the variant's recipe, 1.5 for hedgehog, none for the others; 0: none)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="recover under bfloat16 autocast (2.4x faster steps on a CPU with AVX-512 BF16)")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--eval-texts", type=int, default=64)
     parser.add_argument("--name", default="fidelity", help="file name of the results, without extension")
@@ -183,7 +186,7 @@ def main() -> None:
         for variant, settings in entries:
             rows.append(run(variant, settings, args.minutes, args.max_length, args.eval_texts, Path(workdir),
                             args.learning_rate, args.schedule, args.trainable, args.sentence_weight,
-                            args.teacher_forced_minutes))
+                            args.teacher_forced_minutes, args.bf16))
             print(markdown(rows[-1:]), flush=True)
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__}

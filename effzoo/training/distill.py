@@ -77,6 +77,11 @@ class DistillConfig:
     #: feature maps trained so for 1.5 minutes, then the whole model end to end for 13.5, reach 0.979
     #: sentence cosine against 0.976 end to end alone.
     teacher_forced: bool = False
+    #: The training forwards of student and teacher under bfloat16 autocast (weights, optimizer,
+    #: backward and the fidelity measurements stay float32). On a CPU with AVX-512 BF16 a Hedgehog
+    #: MiniLM step at 256 tokens takes half the time: the two-stage recovery above makes 2,318 steps
+    #: in 15 minutes instead of 1,378 and reaches 0.982. Elsewhere bf16 can be slower than float32.
+    bf16: bool = False
     eval_texts: int = 64
     #: Every ``select_every`` steps the student's fidelity on ``selection_texts`` held-out texts
     #: (never the ``eval_texts``) is measured, and the best weights, the converted ones included,
@@ -147,11 +152,12 @@ class DistillationTrainer(Trainer):
     between the two sentence embeddings."""
 
     def __init__(self, *args: Any, teacher: torch.nn.Module, hidden_weight: float, attention_weight: float,
-                 sentence_weight: float, teacher_forced: bool = False, **kwargs: Any) -> None:
+                 sentence_weight: float, teacher_forced: bool = False, bf16: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.teacher = teacher.eval().requires_grad_(False)
         self.hidden_weight, self.attention_weight = hidden_weight, attention_weight
         self.sentence_weight = sentence_weight
+        self.bf16 = bf16
         self.teacher_inputs = TeacherInputs(self.model) if teacher_forced else None
         self.student_attention = LayerOutputs(self.model)
         self.teacher_attention = LayerOutputs(self.teacher)
@@ -160,12 +166,16 @@ class DistillationTrainer(Trainer):
         inputs = {key: value for key, value in inputs.items() if key in ("input_ids", "attention_mask")}
         self.teacher.to(inputs["input_ids"].device)
         self.student_attention.recording = self.teacher_attention.recording = True
+        # Autocast here rather than Trainer's ``bf16``: Accelerate would wrap the student's forward for
+        # good, and the fidelity measurements between steps would run in bfloat16 too.
+        autocast = torch.autocast(inputs["input_ids"].device.type, dtype=torch.bfloat16, enabled=self.bf16)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 teacher = self.teacher(**inputs, output_hidden_states=True)
             if self.teacher_inputs is not None:
                 self.teacher_inputs.inputs = teacher.hidden_states[:-1]
-            student = model(**inputs, output_hidden_states=self.teacher_inputs is None)
+            with autocast:
+                student = model(**inputs, output_hidden_states=self.teacher_inputs is None)
         finally:
             self.student_attention.recording = self.teacher_attention.recording = False
             if self.teacher_inputs is not None:
@@ -362,7 +372,7 @@ def distill(config: DistillConfig) -> dict[str, Any]:
         data_collator=transformers.DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
         callbacks=callbacks, optimizers=(optimizer, scheduler), teacher=teacher,
         hidden_weight=config.hidden_weight, attention_weight=config.attention_weight,
-        sentence_weight=config.sentence_weight, teacher_forced=config.teacher_forced,
+        sentence_weight=config.sentence_weight, teacher_forced=config.teacher_forced, bf16=config.bf16,
     )
     started, started_cpu = time.perf_counter(), time.process_time()
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)

@@ -121,6 +121,31 @@ def test_a_teacher_forced_stage_then_an_end_to_end_stage(tmp_path, text_file):
     assert not (tmp_path / "never").exists()
 
 
+def test_bf16_runs_both_training_forwards_under_autocast_and_measures_in_float32(tmp_path, text_file, monkeypatch):
+    source = save_tiny_checkpoint(BertModel, tmp_path / "teacher")
+    effzoo.convert(source, "linear", tmp_path / "student", progress=False)
+    calls = []  # (encoder class, training?, autocast dtype or None) of every forward of either model
+    # An encoder, not the model: Accelerate's autocast wraps the student's forward, inside its pre-hooks.
+
+    def record(module, args):
+        if type(module).__name__ in ("BertEncoder", "EffzooEncoder"):
+            calls.append((type(module).__name__, module.training,
+                          torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        distill(DistillConfig(teacher=str(source), student=str(tmp_path / "student"), output_dir=str(tmp_path / "out"),
+                              data=str(text_file), max_length=16, max_steps=2, eval_texts=4, select_every=0,
+                              bf16=True, progress=False, save_checkpoints=False))
+    finally:
+        handle.remove()
+    under_autocast = sorted((name, training) for name, training, dtype in calls if dtype == torch.bfloat16)
+    assert under_autocast == [("BertEncoder", False)] * 2 + [("EffzooEncoder", True)] * 2  # the two training steps
+    measuring = {(name, training) for name, training, dtype in calls if dtype is None}  # fidelity before and after
+    assert measuring == {("BertEncoder", False), ("EffzooEncoder", False)}
+    assert all(dtype in (None, torch.bfloat16) for *_, dtype in calls)
+
+
 def test_trainable_parts_are_chosen_by_name(tiny_full_config):
     model = effzoo.FullModel(tiny_full_config)
     attention = select_trainable(model, "attention")
