@@ -121,11 +121,10 @@ def test_a_teacher_forced_stage_then_an_end_to_end_stage(tmp_path, text_file):
     assert not (tmp_path / "never").exists()
 
 
-def test_bf16_runs_both_training_forwards_under_autocast_and_measures_in_float32(tmp_path, text_file, monkeypatch):
+def test_bf16_runs_both_training_forwards_under_autocast_and_measures_in_float32(tmp_path, text_file):
     source = save_tiny_checkpoint(BertModel, tmp_path / "teacher")
     effzoo.convert(source, "linear", tmp_path / "student", progress=False)
     calls = []  # (encoder class, training?, autocast dtype or None) of every forward of either model
-    # An encoder, not the model: Accelerate's autocast wraps the student's forward, inside its pre-hooks.
 
     def record(module, args):
         if type(module).__name__ in ("BertEncoder", "EffzooEncoder"):
