@@ -172,7 +172,8 @@ def main() -> None:
                         help="minutes of the budget for a first, teacher-forced stage that trains the mechanism alone "
                              "(default: the variant's recipe, 1.5 for hedgehog, none for the others; 0: none)")
     parser.add_argument("--bf16", action="store_true",
-                        help="recover under bfloat16 autocast (about 2x faster steps at 256 tokens on a CPU with AVX-512 BF16)")
+                        help="recover under bfloat16 autocast (about 2x faster steps at 256 tokens on a CPU with "
+                             "AVX-512 BF16)")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--eval-texts", type=int, default=64)
     parser.add_argument("--name", default="fidelity", help="file name of the results, without extension")
