@@ -22,9 +22,23 @@ TINY = dict(
 )
 
 
+#: Every device a reference test runs on: the CPU always, CUDA where a GPU is present (skipped, never
+#: failed, where it is not).
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Parametrises a test over the available devices; use it for tests that compare against a reference."""
+    return torch.device(request.param)
 
 
 @pytest.fixture
