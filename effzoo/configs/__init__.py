@@ -2,26 +2,26 @@
 
 from .axial import AxialConfig
 from .base import BERT_FIELDS, BlockSparseConfig, EffzooConfig
-from .bigbird import BigBirdConfig
+from .bigbird import EffzooBigBirdConfig
 from .full import FullConfig
 from .hedgehog import HedgehogConfig
 from .linear import LinearConfig
 from .local import LocalConfig
-from .longformer import LongformerConfig
+from .longformer import EffzooLongformerConfig
 from .performer import PerformerConfig
 from .sparse import SparseConfig
 
 __all__ = [
     "BERT_FIELDS",
     "AxialConfig",
-    "BigBirdConfig",
+    "EffzooBigBirdConfig",
     "BlockSparseConfig",
     "EffzooConfig",
     "FullConfig",
     "HedgehogConfig",
     "LinearConfig",
     "LocalConfig",
-    "LongformerConfig",
+    "EffzooLongformerConfig",
     "PerformerConfig",
     "SparseConfig",
 ]

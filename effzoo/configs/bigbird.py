@@ -5,7 +5,7 @@ from __future__ import annotations
 from .base import WINDOWED_DENSE_BELOW, BlockSparseConfig
 
 
-class BigBirdConfig(BlockSparseConfig):
+class EffzooBigBirdConfig(BlockSparseConfig):
     """Blocks of ``block_size`` attend to a window of 3 blocks, ``num_random_blocks`` random blocks and
     the first and last blocks (global). Bidirectional only. Inference from 4,096 tokens runs compiled
     flex attention (measured 1.4-1.5x faster than block-gather at 4K-16K, one BERT-base layer)."""

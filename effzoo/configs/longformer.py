@@ -5,9 +5,9 @@ from __future__ import annotations
 from .base import WINDOWED_DENSE_BELOW, BlockSparseConfig
 
 
-class LongformerConfig(BlockSparseConfig):
+class EffzooLongformerConfig(BlockSparseConfig):
     """Each token attends to ``attention_window``/2 tokens on each side (even; one value or one per
-    layer, as ``LongformerConfig``), spread by ``attention_dilation`` (one value or one per head);
+    layer, as Transformers' ``LongformerConfig``), spread by ``attention_dilation`` (one value or one per head);
     tokens marked in ``global_attention_mask`` attend and are attended everywhere, through their own
     ``query_global`` / ``key_global`` / ``value_global`` projections."""
 

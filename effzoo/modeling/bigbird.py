@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..attention.random_blocks import RandomBlocksAttention
-from ..configs.bigbird import BigBirdConfig
+from ..configs.bigbird import EffzooBigBirdConfig
 from .backbone import EffzooModel, EffzooPreTrainedModel
 from .heads import (
     EffzooForMaskedLM,
@@ -14,30 +14,30 @@ from .heads import (
 )
 
 
-class BigBirdPreTrainedModel(EffzooPreTrainedModel):
-    config_class = BigBirdConfig
+class EffzooBigBirdPreTrainedModel(EffzooPreTrainedModel):
+    config_class = EffzooBigBirdConfig
     mechanism_class = RandomBlocksAttention
 
 
-class BigBirdModel(EffzooModel, BigBirdPreTrainedModel):
+class EffzooBigBirdModel(EffzooModel, EffzooBigBirdPreTrainedModel):
     pass
 
 
-class BigBirdForMaskedLM(EffzooForMaskedLM, BigBirdPreTrainedModel):
+class EffzooBigBirdForMaskedLM(EffzooForMaskedLM, EffzooBigBirdPreTrainedModel):
     pass
 
 
-class BigBirdForSequenceClassification(EffzooForSequenceClassification, BigBirdPreTrainedModel):
+class EffzooBigBirdForSequenceClassification(EffzooForSequenceClassification, EffzooBigBirdPreTrainedModel):
     pass
 
 
-class BigBirdForTokenClassification(EffzooForTokenClassification, BigBirdPreTrainedModel):
+class EffzooBigBirdForTokenClassification(EffzooForTokenClassification, EffzooBigBirdPreTrainedModel):
     pass
 
 
-class BigBirdForQuestionAnswering(EffzooForQuestionAnswering, BigBirdPreTrainedModel):
+class EffzooBigBirdForQuestionAnswering(EffzooForQuestionAnswering, EffzooBigBirdPreTrainedModel):
     pass
 
 
-class BigBirdForMultipleChoice(EffzooForMultipleChoice, BigBirdPreTrainedModel):
+class EffzooBigBirdForMultipleChoice(EffzooForMultipleChoice, EffzooBigBirdPreTrainedModel):
     pass

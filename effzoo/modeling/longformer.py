@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..attention.sliding_window import SlidingWindowAttention
-from ..configs.longformer import LongformerConfig
+from ..configs.longformer import EffzooLongformerConfig
 from .backbone import EffzooModel, EffzooPreTrainedModel
 from .heads import (
     EffzooForCausalLM,
@@ -15,34 +15,34 @@ from .heads import (
 )
 
 
-class LongformerPreTrainedModel(EffzooPreTrainedModel):
-    config_class = LongformerConfig
+class EffzooLongformerPreTrainedModel(EffzooPreTrainedModel):
+    config_class = EffzooLongformerConfig
     mechanism_class = SlidingWindowAttention
 
 
-class LongformerModel(EffzooModel, LongformerPreTrainedModel):
+class EffzooLongformerModel(EffzooModel, EffzooLongformerPreTrainedModel):
     pass
 
 
-class LongformerForMaskedLM(EffzooForMaskedLM, LongformerPreTrainedModel):
+class EffzooLongformerForMaskedLM(EffzooForMaskedLM, EffzooLongformerPreTrainedModel):
     pass
 
 
-class LongformerForCausalLM(EffzooForCausalLM, LongformerPreTrainedModel):
+class EffzooLongformerForCausalLM(EffzooForCausalLM, EffzooLongformerPreTrainedModel):
     pass
 
 
-class LongformerForSequenceClassification(EffzooForSequenceClassification, LongformerPreTrainedModel):
+class EffzooLongformerForSequenceClassification(EffzooForSequenceClassification, EffzooLongformerPreTrainedModel):
     pass
 
 
-class LongformerForTokenClassification(EffzooForTokenClassification, LongformerPreTrainedModel):
+class EffzooLongformerForTokenClassification(EffzooForTokenClassification, EffzooLongformerPreTrainedModel):
     pass
 
 
-class LongformerForQuestionAnswering(EffzooForQuestionAnswering, LongformerPreTrainedModel):
+class EffzooLongformerForQuestionAnswering(EffzooForQuestionAnswering, EffzooLongformerPreTrainedModel):
     pass
 
 
-class LongformerForMultipleChoice(EffzooForMultipleChoice, LongformerPreTrainedModel):
+class EffzooLongformerForMultipleChoice(EffzooForMultipleChoice, EffzooLongformerPreTrainedModel):
     pass

@@ -590,7 +590,7 @@ def test_longformer_without_hidden_states_raises():
         mechanism(*qkv())
 
 
-@pytest.mark.parametrize("config_name", ["LocalConfig", "LongformerConfig", "BigBirdConfig", "SparseConfig"])
+@pytest.mark.parametrize("config_name", ["LocalConfig", "EffzooLongformerConfig", "EffzooBigBirdConfig", "SparseConfig"])
 def test_windowed_patterns_run_short_inputs_dense_and_long_ones_in_blocks(config_name, monkeypatch):
     """Below 1,024 padded tokens their blocks would gather more keys than the input has."""
     import effzoo
@@ -607,7 +607,7 @@ def test_windowed_patterns_run_short_inputs_dense_and_long_ones_in_blocks(config
     hidden_states = torch.randn(1, 1024, HIDDEN)
     for length in (900, 1024):
         q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM) for _ in range(3))
-        extra = {"hidden_states": hidden_states[:, :length]} if config_name == "LongformerConfig" else {}
+        extra = {"hidden_states": hidden_states[:, :length]} if config_name == "EffzooLongformerConfig" else {}
         mechanism(q, k, v, **extra)
     assert len(calls) == 1  # 900 tokens (padded to 928) dense, 1,024 in blocks
 

@@ -32,7 +32,7 @@ def test_longformer_checkpoint_reproduces_transformers(longformer_source, tmp_pa
     report = effzoo.convert(longformer_source, "longformer", tmp_path / "out", progress=False,
                             overrides={"dense_attention_below": 0})
     assert report.new_parameters == {} and report.dropped == []
-    model = effzoo.LongformerModel.from_pretrained(tmp_path / "out").eval()
+    model = effzoo.EffzooLongformerModel.from_pretrained(tmp_path / "out").eval()
     assert model.config.attention_window == [4, 6] and model.config.global_special_tokens is False
     source = LongformerModel.from_pretrained(longformer_source).eval()
 
@@ -57,8 +57,8 @@ def test_bigbird_checkpoint_carries_every_weight_and_follows_its_layout(tmp_path
     report = effzoo.convert(source, "bigbird", tmp_path / "out", progress=False, overrides={"dense_attention_below": 0})
     # Transformers' BigBirdForMaskedLM keeps a pooler that a masked LM does not use.
     assert report.new_parameters == {} and report.dropped == ["bert.pooler.dense.bias", "bert.pooler.dense.weight"]
-    assert report.model_class == "BigBirdForMaskedLM"
-    model = effzoo.BigBirdForMaskedLM.from_pretrained(tmp_path / "out").eval()
+    assert report.model_class == "EffzooBigBirdForMaskedLM"
+    model = effzoo.EffzooBigBirdForMaskedLM.from_pretrained(tmp_path / "out").eval()
     assert (model.config.block_size, model.config.num_random_blocks) == (2, 1)
     reference = BigBirdForMaskedLM.from_pretrained(source)
     ours = dict(model.named_parameters())

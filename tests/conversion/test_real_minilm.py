@@ -57,7 +57,7 @@ def test_minilm_as_longformer_with_a_covering_window_is_still_bert(minilm_path, 
     batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
     with torch.no_grad():
         expected = BertModel.from_pretrained(minilm_path).eval()(**batch).last_hidden_state
-        model = effzoo.LongformerModel.from_pretrained(output).eval()
+        model = effzoo.EffzooLongformerModel.from_pretrained(output).eval()
         actual = model(**batch).last_hidden_state
         long_input = model(torch.randint(1000, 2000, (1, 4000))).last_hidden_state
     real = batch["attention_mask"].bool()

@@ -12,13 +12,13 @@ SEP = 3
 
 def test_first_token_is_the_first_real_one_whatever_the_padding():
     mask = torch.tensor([[1, 1, 1, 0], [0, 0, 1, 1]])
-    config = effzoo.LongformerConfig(**TINY)
+    config = effzoo.EffzooLongformerConfig(**TINY)
     chosen = default_global_attention_mask("first", config, None, mask, None, (2, 4), torch.device("cpu"))
     assert chosen.tolist() == [[1, 0, 0, 0], [0, 0, 1, 0]]
 
 
 def test_question_is_the_first_segment_from_token_types_or_the_first_separator():
-    config = effzoo.LongformerConfig(**TINY, sep_token_id=SEP)
+    config = effzoo.EffzooLongformerConfig(**TINY, sep_token_id=SEP)
     input_ids = torch.tensor([[2, 7, 8, SEP, 9, 9, SEP, 0], [0, 2, 7, SEP, 9, SEP, 0, 0]])
     mask = (input_ids != 0).long()
     token_types = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1, 0, 0]])
@@ -27,7 +27,7 @@ def test_question_is_the_first_segment_from_token_types_or_the_first_separator()
     assert by_types.tolist() == [[1, 1, 1, 1, 0, 0, 0, 0], [0, 1, 1, 1, 0, 0, 0, 0]]
     by_separator = default_global_attention_mask("question", config, input_ids, mask, None, (2, 8), cpu)
     assert by_separator.tolist() == [[1, 1, 1, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0, 0]]
-    no_separator = effzoo.LongformerConfig(**TINY)
+    no_separator = effzoo.EffzooLongformerConfig(**TINY)
     assert default_global_attention_mask("question", no_separator, input_ids, mask, None, (2, 8), cpu) is None
     with pytest.raises(ValueError, match="Unknown kind"):
         default_global_attention_mask("cls", config, input_ids, mask, None, (2, 8), cpu)
@@ -36,7 +36,7 @@ def test_question_is_the_first_segment_from_token_types_or_the_first_separator()
 @pytest.fixture
 def local_only_config():
     """A window too small to connect the ends, and no special tokens global: only the heads' choice is."""
-    return effzoo.LongformerConfig(**TINY, attention_window=2, global_special_tokens=False, sep_token_id=SEP)
+    return effzoo.EffzooLongformerConfig(**TINY, attention_window=2, global_special_tokens=False, sep_token_id=SEP)
 
 
 def _batch():
@@ -48,7 +48,7 @@ def _batch():
 
 
 def test_sequence_classification_makes_cls_global_by_default(local_only_config):
-    model = effzoo.LongformerForSequenceClassification(local_only_config).eval()
+    model = effzoo.EffzooLongformerForSequenceClassification(local_only_config).eval()
     input_ids, mask, _ = _batch()
     cls_global = torch.zeros_like(input_ids)
     cls_global[:, 0] = 1
@@ -61,7 +61,7 @@ def test_sequence_classification_makes_cls_global_by_default(local_only_config):
 
 
 def test_multiple_choice_makes_each_choice_cls_global(local_only_config):
-    model = effzoo.LongformerForMultipleChoice(local_only_config).eval()
+    model = effzoo.EffzooLongformerForMultipleChoice(local_only_config).eval()
     input_ids, mask, _ = _batch()
     choices = input_ids[None].expand(3, -1, -1).clone()
     cls_global = torch.zeros_like(choices)
@@ -73,7 +73,7 @@ def test_multiple_choice_makes_each_choice_cls_global(local_only_config):
 
 
 def test_question_answering_makes_the_question_global(local_only_config):
-    model = effzoo.LongformerForQuestionAnswering(local_only_config).eval()
+    model = effzoo.EffzooLongformerForQuestionAnswering(local_only_config).eval()
     input_ids, mask, token_types = _batch()
     question = (token_types == 0).long()
     with torch.no_grad():
@@ -91,5 +91,5 @@ def test_heads_of_causal_or_dense_models_choose_nothing():
     full = effzoo.FullForSequenceClassification(effzoo.FullConfig(**TINY))
     input_ids, mask, _ = _batch()
     assert full.default_global_inputs({"input_ids": input_ids, "attention_mask": mask}) == {}
-    decoder = effzoo.LongformerForSequenceClassification(effzoo.LongformerConfig(**TINY, is_decoder=True))
+    decoder = effzoo.EffzooLongformerForSequenceClassification(effzoo.EffzooLongformerConfig(**TINY, is_decoder=True))
     assert decoder.default_global_inputs({"input_ids": input_ids, "attention_mask": mask}) == {}
