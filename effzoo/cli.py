@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from .arguments import parse_setting, positive_int
-from .benchmarks import cli as bench_cli
+from .bench import cli as bench_cli
 from .hub import cli as hub_cli
 from .training import cli as training_cli
 

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from effzoo.benchmarks import BenchOptions, Selection, get_implementation, read_run, run_benchmark
-from effzoo.benchmarks.harness import POINT_FIELDS, predict
-from effzoo.benchmarks.implementations import NoTokenMixing, Task, implementations
+from effzoo.bench import BenchOptions, Selection, get_implementation, read_run, run_benchmark
+from effzoo.bench.harness import POINT_FIELDS, predict
+from effzoo.bench.implementations import NoTokenMixing, Task, implementations
 from effzoo.cli import build_parser, main
 
 TINY = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, vocab_size=100, warmup=1, repeats=2,
@@ -143,7 +143,7 @@ def test_settings_are_checked_against_the_config():
 def test_cli_binds_set_to_the_preceding_variant(tmp_path, capsys):
     args = build_parser().parse_args(["bench", "floor", "--variant", "full", "--set", "layer_norm_eps=1e-6",
                                       "--variant", "hf_longformer", "--set", "attention_window=64"])
-    from effzoo.benchmarks.cli import options_from_args
+    from effzoo.bench.cli import options_from_args
 
     options = options_from_args(args)
     assert [(selection.label, selection.settings) for selection in options.selections] == [
@@ -200,7 +200,7 @@ def test_a_failing_point_is_recorded_with_its_reason(tmp_path):
 
 
 def test_missing_matplotlib_still_writes_json_and_table(tmp_path, monkeypatch):
-    from effzoo.benchmarks import report
+    from effzoo.bench import report
 
     def no_matplotlib(*args, **kwargs):
         raise ImportError("No module named 'matplotlib'")

@@ -130,7 +130,7 @@ def add_bench_parser(commands: Any) -> argparse.ArgumentParser:
     measure.add_argument("--seed", type=int, default=0)
     measure.add_argument("--isolation", choices=("forkserver", "subprocess", "inline"), default="forkserver",
                          help="a fresh process per point from a fork server (default), or `python -m "
-                              "effzoo.benchmarks.point` per point; inline is for tests only")
+                              "effzoo.bench.point` per point; inline is for tests only")
 
     output = bench.add_argument_group("output")
     output.add_argument("--output", metavar="PATH",

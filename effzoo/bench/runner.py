@@ -6,7 +6,7 @@ Three ways, one interface (:func:`run_isolated`):
   forks a fresh process per point; a point starts in milliseconds instead of seconds of imports.
   The fork server runs no torch operations, so every point process starts with clean thread
   pools and allocator state.
-- ``subprocess``: ``python -m effzoo.benchmarks.point SPEC_JSON`` per point, the JSON result on
+- ``subprocess``: ``python -m effzoo.bench.point SPEC_JSON`` per point, the JSON result on
   the last line of its stdout (slower to start; the same command reproduces one point by hand).
 - ``inline``: in this process, for the harness's own tests only (no isolation of memory).
 """
@@ -61,7 +61,7 @@ def _forkserver() -> Any:
         _context = multiprocessing.get_context("forkserver")
         # "__main__" too: the fork server imports the main script once, instead of every point's
         # process importing it again (slow, and fragile while the source tree is being edited).
-        _context.set_forkserver_preload(["__main__", "effzoo.benchmarks.measure"])
+        _context.set_forkserver_preload(["__main__", "effzoo.bench.measure"])
     return _context
 
 
@@ -105,7 +105,7 @@ def run_isolated(spec: dict[str, Any], isolation: str, timeout_s: float) -> dict
 
 
 def _run_subprocess(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    command = [sys.executable, "-m", "effzoo.benchmarks.point", json.dumps(spec)]
+    command = [sys.executable, "-m", "effzoo.bench.point", json.dumps(spec)]
     try:
         completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:

@@ -1,4 +1,4 @@
-"""``python -m effzoo.benchmarks.point SPEC_JSON``: measure one point, print its result as JSON.
+"""``python -m effzoo.bench.point SPEC_JSON``: measure one point, print its result as JSON.
 
 The harness's ``--isolation subprocess`` runs this per point; it also reproduces a single point
 by hand (copy the ``spec`` of a point from a run's JSON lines file). The result is the last
@@ -14,7 +14,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m effzoo.benchmarks.point SPEC_JSON", file=sys.stderr)
+        print("usage: python -m effzoo.bench.point SPEC_JSON", file=sys.stderr)
         return 2
     from .measure import measure_point
 
