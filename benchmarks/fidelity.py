@@ -29,7 +29,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 import effzoo
-from effzoo.conversion.sources import resolve_source
+from effzoo.checkpoints import resolve_source
 from effzoo.training.data import load_data
 from effzoo.training.distill import TRAINABLE, DistillConfig, distill, held_out_texts
 from effzoo.training.fidelity import measure_fidelity

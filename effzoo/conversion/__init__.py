@@ -1,4 +1,4 @@
-"""BERT / RoBERTa checkpoints -> any variant, the parity check, and the code saved beside weights."""
+"""BERT / RoBERTa checkpoints -> any variant, and the parity check of a conversion against its source."""
 
 from .convert import ConversionReport, convert
 from .parity import ParityReport, compare_with_source

@@ -19,13 +19,14 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedConfig
 
+from ..checkpoints.licence import source_license
+from ..checkpoints.location import resolve_source
+from ..checkpoints.provenance import record_provenance
 from ..configs.base import BERT_FIELDS
-from ..hub.card import source_license
-from ..hub.provenance import record_provenance
-from ..outputs import check_output_dir
+from ..output_folders import check_output_dir
 from ..variants import Variant, get_variant
 from .families import FAMILIES, SourceFamily
-from .sources import read_config, read_weights, resolve_source
+from .sources import read_source_config, read_weights
 from .state_dict import POSITION_KEY, canonical_state_dict, resize_positions, upcycle_feed_forward, with_backbone_prefix
 
 #: Source architecture suffix (after "Bert"/"Roberta") -> the effzoo Auto class that receives it.
@@ -124,7 +125,7 @@ def convert(
     steps.set_postfix_str("reading source")
     source_dir = resolve_source(source)
     _check_output(output, source_dir, overwrite)
-    source_config = read_config(source_dir)
+    source_config = read_source_config(source_dir)
     model_type = source_config["model_type"]
     family = FAMILIES[model_type]
     weights = canonical_state_dict(read_weights(source_dir), family)

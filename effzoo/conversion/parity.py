@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .sources import resolve_source
+from ..checkpoints.location import resolve_source
 
 #: Sentences of different lengths, so that the batch is padded.
 SAMPLE_TEXTS = (

@@ -6,7 +6,7 @@ from the source, ``base_model`` (the source, when it is a Hub id), the training 
 the evaluation results as ``model-index``. The text is ``effzoo/hub/templates/model_card.md`` (Jinja)
 filled with the variant, its attention mechanism and paper, the source, the training, the
 results, the fidelity to the teacher and the speed figures, mostly read from the folder's
-``effzoo_provenance.json`` (see :mod:`.provenance`).
+``effzoo_provenance.json`` (see :mod:`effzoo.checkpoints.provenance`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData, try_to_load_from_cache
-from huggingface_hub.utils import HFValidationError, validate_repo_id
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..conversion.sources import packaged_checkpoint
-from .checkpoint import CARD_FILE, read_checkpoint
-from .provenance import read_provenance
+from ..checkpoints.files import CARD_FILE
+from ..checkpoints.licence import is_hub_id, source_license
+from ..checkpoints.provenance import read_provenance
+from .checkpoint import read_checkpoint
 
 #: The card template, shipped inside the package so that an installed effzoo can write cards.
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
@@ -54,7 +54,7 @@ def write_model_card(
     """Write ``README.md`` into an effzoo checkpoint folder and return its path.
 
     ``source``, ``training``, ``results``, ``fidelity`` and ``speed`` have the shapes of the
-    provenance sections (:mod:`.provenance`); each one given replaces the recorded one. The
+    provenance sections (:mod:`effzoo.checkpoints.provenance`); each one given replaces the recorded one. The
     licence is ``license``, else the one recorded for the source, else the one in the source's
     own card when it is on this machine. ``model_name`` (default: the folder's name) titles the
     card and names the model in ``model-index``; give the Hub repo id. Raises ValueError when the
@@ -111,36 +111,6 @@ def write_model_card(
     )
     card.save(path)
     return path
-
-
-def is_hub_id(name: str | None) -> bool:
-    """Whether ``name`` reads as a Hub model id rather than a path on this machine."""
-    if not name or Path(name).exists():
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-def source_license(source_id: str | None) -> str | None:
-    """The licence in the source checkpoint's own card, when that card is on this machine: in the
-    source folder, in a packaged copy of a Hub checkpoint, or in the Hub cache. Never goes online."""
-    if not source_id:
-        return None
-    candidates = [Path(source_id) / CARD_FILE]
-    packaged = packaged_checkpoint(source_id)
-    if packaged is not None:
-        candidates.append(packaged / CARD_FILE)
-    if is_hub_id(source_id):
-        cached = try_to_load_from_cache(source_id, CARD_FILE)
-        if isinstance(cached, str):  # otherwise None or a "known not to exist" marker
-            candidates.append(Path(cached))
-    for candidate in candidates:
-        if candidate.is_file():
-            return ModelCard.load(candidate, ignore_metadata_errors=True).data.license
-    return None
 
 
 def _eval_results(entries: list[dict[str, Any]]) -> list[EvalResult]:

@@ -15,7 +15,8 @@ from pathlib import Path
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, validate_repo_id
 
-from .checkpoint import CARD_FILE, read_checkpoint, weight_files
+from ..checkpoints.files import CARD_FILE, weight_files
+from .checkpoint import read_checkpoint
 
 #: Not uploaded, as in ``Trainer.push_to_hub``: Trainer's intermediate ``checkpoint-*`` folders
 #: and private ``_*`` files; plus Python caches.

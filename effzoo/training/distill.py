@@ -25,9 +25,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import AutoModel, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
 from ..attention.base import AttentionMechanism
-from ..conversion.sources import resolve_source
-from ..hub.provenance import read_provenance, record_provenance
-from ..outputs import check_output_dir
+from ..checkpoints.location import resolve_source
+from ..checkpoints.provenance import read_provenance, record_provenance
+from ..output_folders import check_output_dir
 from .data import load_data
 from .fidelity import Fidelity, mean_pool, measure_fidelity
 

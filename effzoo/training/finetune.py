@@ -9,6 +9,8 @@ continues an interrupted run, and the same script runs under ``accelerate launch
 from __future__ import annotations
 
 import json
+import resource
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,8 +22,8 @@ import transformers
 from transformers import AutoTokenizer, EvalPrediction, Trainer, TrainingArguments
 
 from ..configs.base import EffzooConfig
-from ..hub.provenance import read_provenance, record_provenance
-from ..outputs import check_output_dir, peak_memory_mib
+from ..checkpoints.provenance import read_provenance, record_provenance
+from ..output_folders import check_output_dir
 from .data import load_data, require_columns
 from .models import convert_for_training
 from .optimizers import check_optimizer, optimizer_cls_and_kwargs
@@ -141,6 +143,12 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         (output / "effzoo_results.json").write_text(json.dumps(results, indent=2))
         _record(output, model_path, config, task, metrics, evaluation_split)
     return results
+
+
+def peak_memory_mib() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
 def _ponder_settings(config: FinetuneConfig) -> dict[str, Any]:

@@ -18,8 +18,9 @@ def convert_for_training(model: str, convert_to: str | None, max_length: int, ou
     import torch
     from accelerate import PartialState
 
+    from ..checkpoints.location import resolve_source
     from ..conversion import convert
-    from ..conversion.sources import position_count, resolve_source
+    from ..conversion.sources import position_count
 
     source_positions = position_count(resolve_source(model))
     target = output / "converted"

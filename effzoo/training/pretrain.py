@@ -20,7 +20,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-from ..outputs import check_output_dir
+from ..output_folders import check_output_dir
 from .data import load_data
 from .models import convert_for_training
 from .optimizers import check_optimizer, optimizer_cls_and_kwargs

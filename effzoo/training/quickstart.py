@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..outputs import check_output_dir
+from ..output_folders import check_output_dir
 
 TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -106,7 +106,7 @@ def test_causal_lm_checkpoint_becomes_a_causal_lm(tmp_path):
 
 
 def test_hub_ids_resolve_to_packaged_copies_and_fail_clearly_offline(tmp_path, monkeypatch, minilm_path):
-    from effzoo.conversion import sources
+    from effzoo.checkpoints import location as sources
 
     assert sources.resolve_source("sentence-transformers/all-MiniLM-L6-v2") == minilm_path
 

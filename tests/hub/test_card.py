@@ -6,8 +6,9 @@ import pytest
 from huggingface_hub import EvalResult, ModelCard, metadata_load
 from huggingface_hub.repocard_data import eval_results_to_model_index
 
-from effzoo.hub import record_provenance, write_model_card
-from effzoo.hub.card import source_license
+from effzoo.checkpoints import record_provenance
+from effzoo.checkpoints.licence import source_license
+from effzoo.hub import write_model_card
 from effzoo.hub.cli import add_card_parser, run_card
 
 RESULT = {

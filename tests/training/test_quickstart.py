@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from effzoo.hub.provenance import read_provenance
+from effzoo.checkpoints import read_provenance
 from effzoo.training.quickstart import QuickstartConfig, format_table, quickstart
 
 pytestmark = pytest.mark.real_checkpoint
