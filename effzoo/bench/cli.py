@@ -14,6 +14,7 @@ examples:
   effzoo bench full bert_sdpa floor --lengths 512 1024 2048 --modes train
   effzoo bench --variant performer --set num_random_features=256 --variant full
   effzoo bench full floor --max-length 32768 --budget-s 900
+  effzoo bench full performer --device cuda --lengths 1024 4096 16384 --modes train infer
   effzoo bench --list                            # the known implementations and their settings
 See benchmarks/README.md for how to read the output.
 """
@@ -100,7 +101,9 @@ def add_bench_parser(commands: Any) -> argparse.ArgumentParser:
     shape.add_argument("--vocab-size", type=positive_int, default=30522, metavar="V")
 
     measure = bench.add_argument_group("measurement")
-    measure.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    measure.add_argument("--device", default="cpu",
+                         help="cpu (default), cuda or cuda:N: the same sweep on a GPU, timed with CUDA events "
+                              "(synchronised), peak memory from torch.cuda.max_memory_allocated")
     measure.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     measure.add_argument("--threads", type=positive_int, metavar="N",
                          help="torch threads per point (default: torch.get_num_threads())")
@@ -113,7 +116,8 @@ def add_bench_parser(commands: Any) -> argparse.ArgumentParser:
     measure.add_argument("--budget-s", type=_positive_float, default=300.0, metavar="S",
                          help="skip a point predicted to take longer than this (default 300)")
     measure.add_argument("--max-memory-mib", type=_positive_float, metavar="MIB",
-                         help="skip a point predicted to need more (default: 85%% of the memory available)")
+                         help="skip a point predicted to need more (default: 85%% of the memory available, "
+                              "the GPU's with --device cuda)")
     measure.add_argument("--contention-threshold", type=_positive_float, default=0.10, metavar="SHARE",
                          help="a repetition during which other processes used more than this share of the CPU "
                               "is repeated (default 0.10)")

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -89,7 +90,7 @@ class BenchOptions:
     min_repeats: int = 3
     target_s: float = 30.0
     budget_s: float = 300.0
-    max_memory_mib: float | None = None  # None: 85 % of the memory available at the start
+    max_memory_mib: float | None = None  # None: 85 % of the memory available at the start (the GPU's on CUDA)
     contention_threshold: float = 0.10
     quiet_wait_s: float = 5.0
     max_retries: int = 3
@@ -146,13 +147,35 @@ class BenchOptions:
             raise ValueError("budget_s and target_s must be positive.")
         if not 0 < self.contention_threshold <= 1:
             raise ValueError(f"contention_threshold must be in (0, 1], got {self.contention_threshold!r}.")
-        if self.device.startswith("cuda"):
-            import torch
+        check_device(self.device)
 
-            if not torch.cuda.is_available():
-                raise ValueError(f"--device {self.device}: this machine has no CUDA device; use --device cpu.")
-        elif self.device != "cpu":
-            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}.")
+
+def check_device(device: str) -> None:
+    """``cpu``, or ``cuda`` / ``cuda:N`` naming a CUDA device this machine has; a ValueError says what to pass."""
+    if device == "cpu":
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ValueError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this machine has no CUDA device (torch {torch.__version__}, "
+                         f"CUDA {torch.version.cuda or 'not built in'}); use --device cpu.")
+    index, count = torch.device(device).index or 0, torch.cuda.device_count()
+    if index >= count:
+        raise ValueError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}.")
+
+
+def memory_limit_mib(options: BenchOptions, machine: dict[str, Any]) -> float:
+    """``--max-memory-mib``, else 85 % of the memory available to the device: the GPU's own on CUDA."""
+    if options.max_memory_mib:
+        return options.max_memory_mib
+    if options.device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(options.device))
+        return 0.85 * free / 2**20
+    return 0.85 * (machine["memory_available_mib"] or float("inf"))
 
 
 @dataclass
@@ -202,8 +225,8 @@ def machine_info(options: BenchOptions, threads: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": options.device,
-        "device_name": (torch.cuda.get_device_name(options.device) if options.device.startswith("cuda")
-                        else _cpu_model()),
+        "device_name": (torch.cuda.get_device_name(torch.device(options.device))
+                        if options.device.startswith("cuda") else _cpu_model()),
         "dtype": options.dtype,
         "cuda": torch.version.cuda,
         "memory_total_mib": _meminfo("MemTotal"),
@@ -344,7 +367,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     machine = machine_info(options, threads)
-    max_memory = options.max_memory_mib or 0.85 * (machine["memory_available_mib"] or float("inf"))
+    max_memory = memory_limit_mib(options, machine)
     run_record: dict[str, Any] = {
         "type": "run", "schema": 1, "started": started_at.isoformat(timespec="seconds"), "finished": None,
         "wall_s": None, "status": "running", "command": sys.argv, "machine": machine,
