@@ -54,6 +54,8 @@ SCENARIOS: dict[str, Scenario] = {
     # accelerate's DDP default, then Trainer's (find_unused_parameters=True without checkpointing).
     "ddp-reversible": Scenario("full", {"reversible": True}, "ddp"),
     "ddp-reversible-find-unused": Scenario("full", {"reversible": True}, "ddp", {"find_unused_parameters": True}),
+    # Every expert takes part in every backward, as DDP expects, even one that no token chose.
+    "ddp-moe": Scenario("full", {"num_experts": 4}, "ddp"),
     # DDP broadcasts rank 0's buffers before each forward; the redraw happens inside it.
     "ddp-performer": Scenario("performer", REDRAWN_FEATURES, "ddp"),
 }

@@ -107,7 +107,7 @@ def test_redrawn_random_features_stay_identical_on_both_ranks(runs, name):
     assert first != initial, "the features were never redrawn: the test would not see ranks drift apart"
 
 
-@pytest.mark.parametrize("name", ["ddp-reversible", "ddp-reversible-find-unused", "ddp-performer"])
+@pytest.mark.parametrize("name", [name for name, scenario in SCENARIOS.items() if scenario.parallel == "ddp"])
 def test_ddp_keeps_the_ranks_parameters_identical(runs, name):
     first, second = (rank["parameters_checksum"] for rank in ranks(runs, name))
     assert first == second
@@ -126,3 +126,18 @@ def test_no_split_modules_names_the_embeddings_and_every_layer_class(overrides):
     model = build_model(Scenario("full", overrides))
     layer_classes = {type(layer).__name__ for layer in model.bert.encoder.layer}
     assert {"EffzooEmbeddings", *layer_classes} <= set(model._no_split_modules)
+
+
+def test_the_documented_accelerate_configs_load_and_name_effzoo_classes():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    import effzoo.modeling.backbone as backbone
+
+    configs = Path(__file__).parents[2] / "docs" / "accelerate"
+    fsdp = ClusterConfig.from_yaml_file(configs / "fsdp-multi-gpu.yaml")
+    assert fsdp.distributed_type == "FSDP" and fsdp.fsdp_config["fsdp_version"] == 2
+    for name in fsdp.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(","):
+        assert isinstance(getattr(backbone, name, None), type), name
+    zero = ClusterConfig.from_yaml_file(configs / "deepspeed-zero3-multi-node.yaml")
+    assert zero.distributed_type == "DEEPSPEED" and zero.deepspeed_config["zero_stage"] == 3
+    assert zero.num_machines > 1
