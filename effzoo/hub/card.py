@@ -3,10 +3,11 @@
 The metadata is built with ``huggingface_hub.ModelCardData``: ``library_name: transformers``,
 tags (``effzoo`` and the variant), the pipeline tag of the saved head, the licence inherited
 from the source, ``base_model`` (the source, when it is a Hub id), the training data sets, and
-the evaluation results as ``model-index``. The text is ``effzoo/hub/templates/model_card.md`` (Jinja)
-filled with the variant, its attention mechanism and paper, the source, the training, the
-results, the fidelity to the teacher and the speed figures, mostly read from the folder's
-``effzoo_provenance.json`` (see :mod:`effzoo.checkpoints.provenance`).
+as ``model-index`` the measured results: the evaluation results and the fidelity to the teacher.
+The text is ``effzoo/hub/templates/model_card.md`` (Jinja) filled with the variant, its attention
+mechanism and paper, the source, the training, the results, the fidelity and the speed figures,
+mostly read from the folder's ``effzoo_provenance.json`` (see :mod:`effzoo.checkpoints.provenance`),
+and a usage snippet that runs the saved head on example text.
 """
 
 from __future__ import annotations
@@ -34,6 +35,21 @@ PIPELINE_TAG_OF_AUTO_CLASS = {
     "AutoModelForTokenClassification": "token-classification",
     "AutoModelForQuestionAnswering": "question-answering",
 }
+
+#: The usage snippet's example: the tokenizer's text arguments for the head, and the output it prints.
+USAGE_OF_AUTO_CLASS = {
+    "AutoModel": ('["Efficient attention reads long documents.", "It scales to many tokens."], padding=True',
+                  "last_hidden_state"),
+    "AutoModelForQuestionAnswering": ('"What does efficient attention read?", "It reads long documents."',
+                                      "start_logits"),
+    # One question with two choices: the head takes (batch, choices, length), the snippet adds the batch axis.
+    "AutoModelForMultipleChoice": ('["Efficient attention reads"] * 2, ["long documents.", "nothing."], padding=True',
+                                   "logits"),
+}
+_USAGE_OF_OTHER_HEADS = (USAGE_OF_AUTO_CLASS["AutoModel"][0], "logits")
+
+#: The fidelity metrics that become ``model-index`` entries (``num_texts`` is a count, not a measure).
+FIDELITY_METRICS = ("token_cosine", "sentence_cosine", "similarity_spearman")
 
 
 def write_model_card(
@@ -74,10 +90,11 @@ def write_model_card(
     speed = provenance.get("speed") or []
     model_name = model_name or directory.resolve().name
     architecture = (config.get("architectures") or [variant.model_classes["AutoModel"].__name__])[0]
-    auto_class = next(
-        (auto for auto, cls in variant.model_classes.items() if cls.__name__ == architecture), "AutoModel"
-    )
+    auto_class = _auto_class(variant, architecture)
     mechanism = variant.model_classes["AutoModel"].mechanism_class
+    fidelity = provenance.get("fidelity") or {}
+    eval_results = _eval_results(results) + _fidelity_results(fidelity)
+    usage_text, usage_output = USAGE_OF_AUTO_CLASS.get(auto_class, _USAGE_OF_OTHER_HEADS)
 
     card_data = ModelCardData(
         library_name="transformers",
@@ -87,8 +104,8 @@ def write_model_card(
         tags=["effzoo", variant.name],
         pipeline_tag=PIPELINE_TAG_OF_AUTO_CLASS.get(auto_class),
         # model_name only names the model in model-index; alone it would be a stray metadata key.
-        model_name=model_name if results else None,
-        eval_results=_eval_results(results) or None,
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results or None,
     )
     card = ModelCard.from_template(
         card_data,
@@ -103,7 +120,8 @@ def write_model_card(
         source=source,
         training=training,
         results=results,
-        fidelity=provenance.get("fidelity") or {},
+        fidelity=fidelity,
+        usage={"text": usage_text, "output": usage_output, "choices": auto_class == "AutoModelForMultipleChoice"},
         speed=speed,
         speed_columns=list(dict.fromkeys(column for row in speed for column in row)),
         intended_use=intended_use,
@@ -122,3 +140,29 @@ def _eval_results(entries: list[dict[str, Any]]) -> list[EvalResult]:
             "dataset_type, dataset_name, metric_type, metric_value, and optional ones such as dataset_split; "
             f"{error}."
         ) from error
+
+
+def _auto_class(variant: Any, architecture: str) -> str:
+    """The Auto class of the saved head, matched by the head's part of the class name ("ForMaskedLM"), so
+    that checkpoints saved under a variant's former class names (``BigBirdForMaskedLM``) still match."""
+    head = architecture.rpartition("For")[2] if "For" in architecture else ""
+    for auto_name, model_class in variant.model_classes.items():
+        name = model_class.__name__
+        if name == architecture or (head and "For" in name and name.rpartition("For")[2] == head):
+            return auto_name
+    return "AutoModel"
+
+
+def _fidelity_results(fidelity: dict[str, Any]) -> list[EvalResult]:
+    """The fidelity figures as ``model-index`` entries: agreement with the teacher on held-out text."""
+    teacher = fidelity.get("teacher") or "the source checkpoint"
+    return [
+        EvalResult(
+            task_type="feature-extraction", task_name=f"Fidelity to {teacher}",
+            dataset_type=fidelity.get("dataset_type") or "text",
+            dataset_name=fidelity.get("dataset_name") or fidelity.get("data") or "held-out texts",
+            dataset_split=fidelity.get("dataset_split"), metric_type=name, metric_name=name.replace("_", " "),
+            metric_value=value,
+        )
+        for name, value in (fidelity.get("metrics") or {}).items() if name in FIDELITY_METRICS
+    ]

@@ -57,6 +57,15 @@ def load_bbc_news() -> DatasetDict:
     return DatasetDict({split: Dataset.from_list(rows, features=features) for split, rows in splits.items()})
 
 
+def dataset_names(source: str) -> tuple[str, str]:
+    """How results name the data ``source`` (a ``--data`` value): its type (the Hub data set id, else the
+    built-in set's or the file's name) and its name for people ("BBC News", the file's name)."""
+    if source in BUILTIN_DATASETS:
+        return source, "BBC News"
+    name = Path(source).name
+    return (name if Path(source).exists() else source), name
+
+
 def load_data(source: str, validation_fraction: float = 0.1, seed: int = 0) -> DatasetDict:
     """A ``DatasetDict`` from a built-in name, a local file or directory of files, or a Hub name.
 

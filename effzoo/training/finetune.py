@@ -24,7 +24,7 @@ from transformers import AutoTokenizer, EvalPrediction, Trainer, TrainingArgumen
 from ..configs.base import EffzooConfig
 from ..checkpoints.provenance import read_provenance, record_provenance
 from ..output_folders import check_output_dir
-from .data import load_data, require_columns
+from .data import dataset_names, load_data, require_columns
 from .models import convert_for_training
 from .optimizers import check_optimizer, optimizer_cls_and_kwargs
 from .tasks import Columns, get_task
@@ -174,11 +174,9 @@ def _with_layers_used(compute_metrics: Any) -> Any:
 def _record(output: Path, model_path: str, config: FinetuneConfig, task: Any, metrics: dict[str, float],
             split: str) -> None:
     """Provenance for the model card: what it came from, how it was trained, what it scored."""
-    local = Path(config.data).exists()
-    data_name = "BBC News" if config.data == "bbc_news" else Path(config.data).name
+    dataset_type, data_name = dataset_names(config.data)
     results = [
-        {"task_type": task.pipeline_task, "dataset_type": data_name if local else config.data,
-         "dataset_name": data_name,
+        {"task_type": task.pipeline_task, "dataset_type": dataset_type, "dataset_name": data_name,
          "dataset_split": split, "metric_type": key.removeprefix(f"{split}_"), "metric_value": value}
         for key, value in metrics.items()
         if key.removeprefix(f"{split}_") in ("accuracy", "f1", "mse", "exact_match")
