@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from ..arguments import parse_setting
+from ..arguments import parse_setting, positive_int
 from .data import BUILTIN_DATASETS
 
 
@@ -122,10 +122,12 @@ def add_distill_parser(commands: Any) -> None:
     parser.add_argument("--teacher", required=True, help="the source checkpoint (directory or Hub id)")
     parser.add_argument("--student", required=True, help="the converted effzoo checkpoint")
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--max-steps", type=int, default=200)
+    parser.add_argument("--max-steps", type=positive_int, metavar="N",
+                        help="stop after N steps (default: 200 without --minutes; with --minutes, no step cap unless "
+                             "this is given)")
     parser.add_argument("--minutes", type=float, dest="time_budget_minutes",
-                        help="stop after this much wall time (the learning rate warms up over 20 steps, then follows "
-                             "--schedule on the clock)")
+                        help="train for this much wall time, however many steps that takes (the learning rate warms "
+                             "up over 20 steps, then follows --schedule on the clock)")
     parser.add_argument("--schedule", choices=["linear", "constant"], default="linear",
                         help="after the warm-up the learning rate falls linearly to zero at the end of the run "
                              "(of --minutes when given, else of --max-steps), or holds")

@@ -12,6 +12,7 @@ text, with Transformers' ``Trainer``. It works for any variant.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,13 +23,13 @@ import torch
 import torch.nn.functional as F
 import transformers
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import AutoModel, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoModel, AutoTokenizer, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 
 from ..attention.base import AttentionMechanism
 from ..checkpoints.location import resolve_source
 from ..checkpoints.provenance import read_provenance, record_provenance
 from ..output_folders import check_output_dir
-from .data import load_data
+from .data import dataset_names, load_data
 from .fidelity import Fidelity, mean_pool, measure_fidelity
 
 TRAINABLE = ("all", "attention", "mechanism")
@@ -40,10 +41,22 @@ logger = transformers.logging.get_logger(__name__)
 #: Warm-up steps of a time-budgeted recovery.
 TIME_BUDGET_WARMUP_STEPS = 20
 
+#: Steps of a recovery given neither ``max_steps`` nor a time budget.
+DEFAULT_MAX_STEPS = 200
+#: The ``max_steps`` Trainer gets under a time budget with no ``max_steps``: it needs a count, and this one is
+#: never reached, so the budget alone ends the run.
+NO_STEP_CAP = sys.maxsize
+#: Checkpoints a run saves, evenly over its steps (or, with no step cap, over its time budget).
+CHECKPOINTS_PER_RUN = 4
+
 
 @dataclass
 class DistillConfig:
-    """A distillation run. ``student`` is an effzoo checkpoint; ``teacher`` the model it came from."""
+    """A distillation run. ``student`` is an effzoo checkpoint; ``teacher`` the model it came from.
+
+    With ``time_budget_minutes`` the clock ends the run, and ``max_steps`` caps it only when given;
+    without, it runs ``max_steps`` steps (``DEFAULT_MAX_STEPS`` when not given).
+    """
 
     teacher: str
     student: str
@@ -51,7 +64,7 @@ class DistillConfig:
     data: str = "bbc_news"
     text_column: str = "text"
     max_length: int = 256
-    max_steps: int = 200
+    max_steps: int | None = None
     time_budget_minutes: float | None = None
     batch_size: int = 4
     learning_rate: float = 1e-4
@@ -195,12 +208,16 @@ class DistillationTrainer(Trainer):
 
 class TimeBudget(TrainerCallback):
     """Stops training once ``minutes`` of wall time have passed (checked after every step), and
-    gives the learning-rate schedules that fit the budget (``max_steps`` is then only a cap)."""
+    gives the learning-rate schedules that fit the budget (``max_steps``, if any, is then only a cap).
 
-    def __init__(self, minutes: float, clock: Callable[[], float] = time.perf_counter) -> None:
+    ``checkpoints`` saves that many checkpoints evenly over the budget, for a run that no step count ends.
+    """
+
+    def __init__(self, minutes: float, clock: Callable[[], float] = time.perf_counter, checkpoints: int = 0) -> None:
         self.seconds = minutes * 60
         self.clock = clock
         self.started = clock()
+        self.checkpoints, self.saved = checkpoints, 0
 
     def fraction_left(self) -> float:
         """The share of the budget not yet spent, 1 → 0."""
@@ -216,9 +233,24 @@ class TimeBudget(TrainerCallback):
         return LambdaLR(optimizer, factor)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.clock() - self.started > self.seconds:
+        spent = (self.clock() - self.started) / self.seconds
+        if spent > 1:
             control.should_training_stop = True
+        due = int(min(spent, 1.0) * self.checkpoints)
+        if due > self.saved:
+            control.should_save, self.saved = True, due
         return control
+
+
+class UncappedProgress(ProgressCallback):
+    """Trainer's progress bar without a total, for a run that the clock ends rather than a step count."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        if state.is_world_process_zero:
+            self.training_bar = tqdm(total=None, dynamic_ncols=True)
+        self.current_step = 0
 
 
 class KeepBest(TrainerCallback):
@@ -318,6 +350,30 @@ def selection_texts(data, text_column: str, count: int, held_out: int, seed: int
     return list(validation.select(range(start, stop))[text_column]) if stop > start else []
 
 
+def step_cap(config: DistillConfig) -> int:
+    """The steps a recovery may take: ``max_steps`` when given; else, under a time budget, no cap (the budget
+    rules: ``effzoo distill --minutes 10`` trains for ten minutes, however many steps that is), else
+    ``DEFAULT_MAX_STEPS``."""
+    if config.max_steps is not None:
+        return config.max_steps
+    return NO_STEP_CAP if config.time_budget_minutes else DEFAULT_MAX_STEPS
+
+
+def training_arguments(config: DistillConfig) -> TrainingArguments:
+    """Trainer's arguments of a recovery. A run with no step cap saves its checkpoints by the clock
+    (:class:`TimeBudget`), the others at each quarter of their steps."""
+    steps = step_cap(config)
+    strategy = "steps" if config.save_checkpoints and steps != NO_STEP_CAP else "no"
+    scheduler_type = "linear" if config.schedule == "linear" else "constant_with_warmup"
+    return TrainingArguments(
+        output_dir=str(config.output_dir), max_steps=steps, per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate, lr_scheduler_type=scheduler_type, warmup_steps=0.05,
+        seed=config.seed, save_strategy=strategy,
+        save_steps=max(steps // CHECKPOINTS_PER_RUN, 1), save_total_limit=1, logging_steps=10, report_to=[],
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=not config.progress, remove_unused_columns=False,
+    )
+
+
 def distill(config: DistillConfig) -> dict[str, Any]:
     """Distil, measure fidelity on held-out text before and after, save the student and the results."""
     if config.schedule not in SCHEDULES:
@@ -340,16 +396,12 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     trainable_parameters = select_trainable(student, config.trainable)
     disable_dropout(student)
 
-    strategy = "steps" if config.save_checkpoints else "no"
-    scheduler_type = "linear" if config.schedule == "linear" else "constant_with_warmup"
-    args = TrainingArguments(
-        output_dir=str(output), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
-        learning_rate=config.learning_rate, lr_scheduler_type=scheduler_type, warmup_steps=0.05,
-        seed=config.seed, save_strategy=strategy,
-        save_steps=max(config.max_steps // 4, 1), save_total_limit=1, logging_steps=10, report_to=[],
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=not config.progress, remove_unused_columns=False,
-    )
-    budget = TimeBudget(config.time_budget_minutes) if config.time_budget_minutes else None
+    args = training_arguments(config)
+    uncapped = args.max_steps == NO_STEP_CAP
+    budget = None
+    if config.time_budget_minutes:
+        checkpoints = CHECKPOINTS_PER_RUN if uncapped and config.save_checkpoints else 0
+        budget = TimeBudget(config.time_budget_minutes, checkpoints=checkpoints)
     callbacks = [budget] if budget else []
     keep_best = None
     chosen_on = (selection_texts(data, config.text_column, config.selection_texts, config.eval_texts, config.seed)
@@ -364,8 +416,8 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     # Trainer's own AdamW (weight decay 0), with one learning rate per group; the scheduler scales each.
     optimizer = torch.optim.AdamW(learning_rate_groups(student, config.learning_rate, config.mechanism_learning_rate),
                                   weight_decay=0.0)
-    # Under a time budget ``max_steps`` is only a cap that is never reached: a schedule laid over it
-    # would stay in its warm-up. The budget's own schedule runs on the clock instead.
+    # Under a time budget a step cap, if any, is not what ends the run: a schedule laid over it would
+    # stay in its warm-up. The budget's own schedule runs on the clock instead.
     scheduler = budget.schedule(optimizer, config.schedule, TIME_BUDGET_WARMUP_STEPS) if budget else None
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=text_chunks(train_texts, tokenizer, config.max_length),
@@ -374,6 +426,9 @@ def distill(config: DistillConfig) -> dict[str, Any]:
         hidden_weight=config.hidden_weight, attention_weight=config.attention_weight,
         sentence_weight=config.sentence_weight, teacher_forced=config.teacher_forced, bf16=config.bf16,
     )
+    if uncapped and config.progress:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(UncappedProgress)
     started, started_cpu = time.perf_counter(), time.process_time()
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     wall_minutes = (time.perf_counter() - started) / 60
@@ -399,8 +454,10 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         (output / "effzoo_distill.json").write_text(json.dumps(results, indent=2))
         # The student's provenance carries over; its fidelity (from an earlier recovery) is replaced.
+        dataset_type, dataset_name = dataset_names(config.data)
         provenance = read_provenance(config.student) | {"fidelity": {
-            "teacher": config.teacher, "data": results["held_out"], "metrics": after.as_dict(),
+            "teacher": config.teacher, "data": results["held_out"], "dataset_type": dataset_type,
+            "dataset_name": dataset_name, "dataset_split": held_out_split, "metrics": after.as_dict(),
             "before_recovery": before.as_dict(), "recovery_cpu_minutes": results["cpu_minutes"],
         }}
         record_provenance(output, **provenance)

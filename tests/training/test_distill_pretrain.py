@@ -198,6 +198,54 @@ def test_a_time_budget_schedules_the_learning_rate_on_the_clock(tmp_path, text_f
         assert 0.9e-3 < rates[30] < 1e-3
 
 
+def test_with_minutes_the_time_budget_rules_and_only_max_steps_caps_the_steps(tmp_path, monkeypatch):
+    """`effzoo distill --minutes 10` trains for ten minutes: the Trainer gets no step cap unless --max-steps
+    is given; without --minutes the default cap applies."""
+    from effzoo.cli import main
+    from effzoo.training import distill as distill_module
+
+    given = []
+    monkeypatch.setattr(distill_module, "distill", lambda config: given.append(config) or {})
+    command = ["distill", "--teacher", "t", "--student", "s", "--output", str(tmp_path / "out")]
+    for extra in (["--minutes", "10"], ["--minutes", "10", "--max-steps", "50"], [], ["--max-steps", "7"]):
+        assert main(command + extra) == 0
+    arguments = [distill_module.training_arguments(config) for config in given]
+    uncapped, capped, default, given_cap = (args.max_steps for args in arguments)
+    assert uncapped > 10**12  # not reached in any run: the clock ends it
+    assert (capped, default, given_cap) == (50, distill_module.DEFAULT_MAX_STEPS, 7)
+    # The uncapped run checkpoints by the clock (TimeBudget), the others at each quarter of their steps.
+    assert [args.save_strategy.value for args in arguments] == ["no", "steps", "steps", "steps"]
+    assert [args.save_steps for args in arguments[1:]] == [12, distill_module.DEFAULT_MAX_STEPS // 4, 1]
+
+
+def test_a_run_with_no_step_cap_checkpoints_by_the_clock():
+    from transformers import TrainerControl
+
+    from effzoo.training.distill import TimeBudget
+
+    now = [0.0]
+    budget = TimeBudget(minutes=4, clock=lambda: now[0], checkpoints=4)  # a checkpoint a minute
+    seen = []
+    for seconds in [30, 59, 61, 62, 150, 190, 241]:
+        now[0] = seconds
+        control = budget.on_step_end(None, None, TrainerControl())
+        seen.append((control.should_save, control.should_training_stop))
+    no, save, save_and_stop = (False, False), (True, False), (True, True)
+    assert seen == [no, no, save, no, save, save, save_and_stop]
+
+
+def test_a_time_budget_alone_ends_a_recovery(tmp_path, text_file):
+    """No max_steps: the clock stops the run (1.8 s here), and saves its last checkpoint."""
+    source = save_tiny_checkpoint(BertModel, tmp_path / "teacher")
+    effzoo.convert(source, "full", tmp_path / "student", progress=False)
+    results = distill(DistillConfig(teacher=str(source), student=str(tmp_path / "student"),
+                                    output_dir=str(tmp_path / "out"), data=str(text_file), max_length=16,
+                                    time_budget_minutes=0.03, eval_texts=4, select_every=0, progress=False))
+    assert results["steps"] > 0 and results["wall_minutes"] >= 0.02  # the budget's clock starts before training
+    (checkpoint,) = (tmp_path / "out").glob("checkpoint-*")  # the last of the clock's checkpoints
+    assert checkpoint.name == f"checkpoint-{results['steps']}"
+
+
 def test_an_unknown_schedule_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match="schedule must be one of"):
         distill(DistillConfig(teacher="unused", student="unused", output_dir=str(tmp_path / "out"), schedule="cosine"))

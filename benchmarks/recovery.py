@@ -1,15 +1,16 @@
-"""The fidelity table: how well each variant, converted from all-MiniLM-L6-v2, reproduces it.
+"""Zero-shot and recovery experiments: how well each variant, converted from all-MiniLM-L6-v2, reproduces it.
 
 For each entry: convert the packaged MiniLM, measure zero-shot fidelity on held-out BBC News
-articles (mean token cosine, sentence-embedding cosine, Spearman of pairwise similarities),
-recover it with ``effzoo distill`` for a fixed wall-time budget, and measure again
-(``--minutes 0``: zero-shot only). Writes ``<name>.json`` and ``<name>.md`` (a markdown table)
-into ``--output``.
+articles (mean token cosine, sentence-embedding cosine, Spearman of pairwise similarities; the
+measure is :mod:`effzoo.training.fidelity`), recover it with ``effzoo distill`` for a fixed
+wall-time budget, and measure again (``--minutes 0``: zero-shot only). Writes ``<name>.json`` and
+``<name>.md`` (a markdown table) into ``--output``; the runs behind the published fidelity table
+are collected in ``benchmarks/latest_fidelity.json``.
 
-    python benchmarks/fidelity.py --variants performer linear hedgehog --minutes 15
-    python benchmarks/fidelity.py --name fidelity-sparse-512 --max-length 512 --minutes 10 \
+    python benchmarks/recovery.py --variants performer linear hedgehog --minutes 15
+    python benchmarks/recovery.py --name fidelity-sparse-512 --max-length 512 --minutes 10 \
         --variants longformer longformer:attention_window=128 bigbird sparse axial
-    python benchmarks/fidelity.py --name fidelity-sparse-512-no-special --max-length 512 --minutes 0 \
+    python benchmarks/recovery.py --name fidelity-sparse-512-no-special --max-length 512 --minutes 0 \
         --variants local longformer longformer:attention_window=128 bigbird sparse axial \
         --set global_special_tokens=false
 
@@ -106,7 +107,7 @@ def run(variant: str, settings: dict, minutes: float, max_length: int, eval_text
     def recover(student: Path, output: str, stage_minutes: float, **stage_recipe) -> dict:
         return distill(DistillConfig(
             teacher=TEACHER, student=str(student), output_dir=str(workdir / output), overwrite=True,
-            max_length=max_length, max_steps=100_000, time_budget_minutes=stage_minutes, eval_texts=eval_texts,
+            max_length=max_length, time_budget_minutes=stage_minutes, eval_texts=eval_texts,
             batch_size=4, save_checkpoints=False, progress=False, schedule=schedule, bf16=bf16, **stage_recipe,
         ))
 
@@ -164,10 +165,10 @@ def main() -> None:
                         help="what the recovery trains (default: the variant's recipe, the whole model)")
     parser.add_argument("--schedule", choices=["linear", "constant"], default="linear",
                         help="after a 20-step warm-up the rate falls linearly to zero at the end of --minutes, or "
-                             "holds (the schedule of the rows measured before 2026-12-02's session 5)")
+                             "holds (the schedule of the rows recorded with --schedule constant)")
     parser.add_argument("--sentence-weight", type=float,
                         help="weight of the sentence-embedding term (default: the variant's recipe; 0: the layer "
-                             "terms only, as every row before session 8)")
+                             "terms only)")
     parser.add_argument("--teacher-forced-minutes", type=float,
                         help="minutes of the budget for a first, teacher-forced stage that trains the mechanism alone "
                              "(default: the variant's recipe, 1.5 for hedgehog, none for the others; 0: none)")
