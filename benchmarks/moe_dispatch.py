@@ -20,7 +20,8 @@ from effzoo.modeling.backbone import EffzooLayer, EffzooMoELayer
 
 
 def step_seconds(blocks, hidden: torch.Tensor, repeats: int) -> list[float]:
-    """Fastest seconds (the least disturbed by other load) of forward + backward of each block, interleaved so that load changes hit all alike."""
+    """Fastest seconds (the least disturbed by other load) of forward + backward of each block, interleaved
+    so that load changes hit all alike."""
     times = [[] for _ in blocks]
     for index in range(repeats + 1):
         for block, record in zip(blocks, times):

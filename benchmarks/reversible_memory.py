@@ -1,9 +1,9 @@
 """Peak memory and time of forward + backward, reversible layers against standard ones (issue 9, part 2).
 
-Each point runs in its own process (glibc told to give freed memory back at once): a ``full`` model (``FullModel``, dropout on, training mode) of
-N layers is built, the peak-RSS watermark is reset, and one step (forward, ``sum().backward()``)
-runs; the peak RSS above the RSS after setup is what the step added: activations, gradients
-(the same for both) and workspaces. Activations are the peak minus the gradients.
+Each point runs in its own process (glibc told to give freed memory back at once): a ``full`` model
+(``FullModel``, dropout on, training mode) of N layers is built, the peak-RSS watermark is reset, and one
+step (forward, ``sum().backward()``) runs; the peak RSS above the RSS after setup is what the step added:
+activations, gradients (the same for both) and workspaces. Activations are the peak minus the gradients.
 
     python benchmarks/reversible_memory.py --length 4096 --layers 2 6 12            # BERT-base width
     python benchmarks/reversible_memory.py --length 4096 --hidden-size 256 --heads 4 --ffn 1024

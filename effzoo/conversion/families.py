@@ -19,7 +19,8 @@ _ROBERTA_HEADS = (
 # RobertaClassificationHead is tanh(dense(x[:, 0])) then out_proj: BERT's pooler + classifier.
 _ROBERTA_CLASSIFICATION_HEAD = (("classifier.dense.", "pooler.dense."), ("classifier.out_proj.", "classifier."))
 _LONGFORMER_GLOBAL_PROJECTIONS = tuple(
-    (f".attention.self.{name}_global.", f".attention.self.mechanism.{name}_global.") for name in ("query", "key", "value")
+    (f".attention.self.{name}_global.", f".attention.self.mechanism.{name}_global.")
+    for name in ("query", "key", "value")
 )
 
 

@@ -95,7 +95,8 @@ class Lookahead(Optimizer):
         for group in self.param_groups:
             for parameter in group["params"]:
                 if "slow_weights" in self.state.get(parameter, {}):
-                    state[index] = {**state.get(index, {}), "lookahead_slow_weights": self.state[parameter]["slow_weights"]}
+                    slow_weights = self.state[parameter]["slow_weights"]
+                    state[index] = {**state.get(index, {}), "lookahead_slow_weights": slow_weights}
                 index += 1
         return {**state_dict, "state": state}
 
@@ -122,7 +123,9 @@ def check_optimizer(name: str, lookahead_k: int = 5, lookahead_alpha: float = 0.
         raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}.")
     if name.startswith("lookahead_"):
         if not isinstance(lookahead_k, int) or isinstance(lookahead_k, bool) or lookahead_k < 1:
-            raise ValueError(f"--lookahead-k must be a positive integer (fast steps per slow step), got {lookahead_k!r}.")
+            raise ValueError(
+                f"--lookahead-k must be a positive integer (fast steps per slow step), got {lookahead_k!r}."
+            )
         if not 0.0 < lookahead_alpha <= 1.0:
             raise ValueError(f"--lookahead-alpha must be in (0, 1], got {lookahead_alpha!r}.")
 
