@@ -9,8 +9,9 @@ from typing import Any
 def add_card_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "card", help="write the model card (README.md) of a checkpoint",
-        description="Write DIR/README.md: variant, mechanism and paper, source, training, evaluation results "
-                    "(model-index), fidelity, speed, intended use and licence, from DIR/effzoo_provenance.json.",
+        description="Write DIR/README.md: variant, mechanism and paper, source, training, evaluation results and "
+                    "fidelity to the teacher (both also as model-index), speed, a usage example, intended use and "
+                    "licence, from DIR/effzoo_provenance.json.",
     )
     parser.add_argument("directory", metavar="DIR", help="an effzoo checkpoint folder")
     parser.add_argument("--model-name", help="the Hub repo id it will have (default: the folder's name)")

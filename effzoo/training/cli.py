@@ -125,7 +125,7 @@ def add_distill_parser(commands: Any) -> None:
     parser.add_argument("--max-steps", type=positive_int, metavar="N",
                         help="stop after N steps (default: 200 without --minutes; with --minutes, no step cap unless "
                              "this is given)")
-    parser.add_argument("--minutes", type=float, dest="time_budget_minutes",
+    parser.add_argument("--minutes", type=float, dest="time_budget_minutes", metavar="MINUTES",
                         help="train for this much wall time, however many steps that takes (the learning rate warms "
                              "up over 20 steps, then follows --schedule on the clock)")
     parser.add_argument("--schedule", choices=["linear", "constant"], default="linear",
