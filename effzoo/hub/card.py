@@ -21,6 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from ..checkpoints.files import CARD_FILE
 from ..checkpoints.licence import is_hub_id, source_license
 from ..checkpoints.provenance import read_provenance
+from ..variants import Variant
 from .checkpoint import read_checkpoint
 
 #: The card template, shipped inside the package so that an installed effzoo can write cards.
@@ -142,7 +143,7 @@ def _eval_results(entries: list[dict[str, Any]]) -> list[EvalResult]:
         ) from error
 
 
-def _auto_class(variant: Any, architecture: str) -> str:
+def _auto_class(variant: Variant, architecture: str) -> str:
     """The Auto class of the saved head, matched by the head's part of the class name ("ForMaskedLM"), so
     that checkpoints saved under a variant's former class names (``BigBirdForMaskedLM``) still match."""
     head = architecture.rpartition("For")[2] if "For" in architecture else ""
