@@ -7,6 +7,7 @@ row here plus its config and modeling files.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -22,7 +23,7 @@ from .modeling import local as local_modeling
 from .modeling import longformer as longformer_modeling
 from .modeling import performer as performer_modeling
 from .modeling import sparse as sparse_modeling
-from .modeling.backbone import EffzooModel
+from .modeling.backbone import EffzooModel, EffzooPreTrainedModel
 from .modeling.heads import (
     EffzooForCausalLM,
     EffzooForMaskedLM,
@@ -31,6 +32,7 @@ from .modeling.heads import (
     EffzooForSequenceClassification,
     EffzooForTokenClassification,
 )
+from .remote_code import REMOTE_CODE_MODULE, write_remote_code
 
 #: Shared base class -> the Auto class that serves it.
 AUTO_CLASS_OF_BASE = {
@@ -43,8 +45,6 @@ AUTO_CLASS_OF_BASE = {
     EffzooForMultipleChoice: "AutoModelForMultipleChoice",
 }
 
-#: Module holding the shim that ``trust_remote_code=True`` loads from a saved checkpoint.
-REMOTE_CODE_MODULE = "effzoo_remote"
 
 
 @dataclass(frozen=True)
@@ -107,14 +107,55 @@ def variant_of_config(config: EffzooConfig) -> Variant:
     return get_variant(config.model_type)
 
 
+#: Auto classes that serve a head of another Auto class, as Transformers maps BERT-like masked LMs.
+AUTO_ALIASES = {"AutoModelForPreTraining": "AutoModelForMaskedLM"}
+
+
+def missing_head(variant: Variant, auto_name: str) -> type:
+    """What ``auto_name`` gets for a variant without that head: a stand-in whose ``from_config`` and
+    ``from_pretrained`` raise a ValueError saying why (BigBird's attention cannot be causal, say),
+    where Transformers would otherwise report an unrecognised configuration class."""
+    head = auto_name.removeprefix("AutoModel")
+    mechanism = variant.model_classes["AutoModel"].mechanism_class
+    reason = f"The {variant.name} variant has no {head} head"
+    if auto_name == "AutoModelForCausalLM" and not mechanism.supports_causal:
+        causal = sorted(name for name, row in VARIANTS.items() if "AutoModelForCausalLM" in row.model_classes)
+        reason += (f": its attention ({mechanism.__name__}) cannot be causal. For a causal language model use one "
+                   f"of the causal variants ({', '.join(causal)}); for {variant.name} use AutoModelForMaskedLM.")
+    else:
+        reason += f"; its heads are {', '.join(sorted(variant.model_classes))}."
+
+    def refuse(cls: type, *args: object, **kwargs: object) -> None:
+        raise ValueError(reason)
+
+    return type(f"{variant.config_class.__name__.removesuffix('Config')}Without{head}", (), {
+        "__doc__": reason, "config_class": variant.config_class,
+        "_from_config": classmethod(refuse), "from_pretrained": classmethod(refuse),
+    })
+
+
+def write_code_and_auto_map(model: EffzooPreTrainedModel, save_directory: str | os.PathLike) -> None:
+    """The backbone's save hook: the config's ``auto_map`` and the code module it points to, so that
+    ``trust_remote_code=True`` loads the checkpoint where effzoo is not installed."""
+    variant = variant_of_config(model.config)
+    model.config.auto_map = variant.auto_map
+    os.makedirs(save_directory, exist_ok=True)
+    write_remote_code(save_directory, variant)
+
+
 def register_all() -> None:
     """Register every variant's config and model classes with Transformers' Auto classes.
 
-    Registration is by class, so ``LongformerConfig`` here never resolves to Transformers' own
-    class of the same name (whose lookups go by name).
+    Registration is by class; config class names never equal Transformers' own (a test checks), because
+    an Auto class that has no registered model for a config looks it up by class name. Every Auto class
+    of a shared head is registered for every variant: the variant's model, or :func:`missing_head`.
     """
+    EffzooPreTrainedModel.save_hook = write_code_and_auto_map
     for variant in VARIANTS.values():
         config_class = variant.config_class
         transformers.AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-        for auto_name, model_class in variant.model_classes.items():
+        for auto_name in AUTO_CLASS_OF_BASE.values():
+            model_class = variant.model_classes.get(auto_name) or missing_head(variant, auto_name)
             getattr(transformers, auto_name).register(config_class, model_class, exist_ok=True)
+        for auto_name, served in AUTO_ALIASES.items():
+            getattr(transformers, auto_name).register(config_class, variant.model_classes[served], exist_ok=True)

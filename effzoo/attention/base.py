@@ -7,7 +7,7 @@ one subclass of :class:`AttentionMechanism` and nothing else.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -27,12 +27,30 @@ class AttentionMechanism(nn.Module):
     Subclasses set ``supports_causal`` and may own parameters and buffers; they never build an
     L×L tensor unless they are the exact reference. Extra inputs (a ``global_attention_mask``,
     say) are declared as further keyword arguments of ``forward``.
+
+    With ``output_attentions=True`` a mechanism that has attention weights returns
+    ``(context, weights)``: (batch, heads, query_length, key_length), dense where
+    ``attention_weights_layout`` is ``"dense"``, a ``torch.sparse_coo_tensor`` holding only the
+    attended (query, key) pairs where it is ``"sparse"``. A mechanism with none (the kernel
+    family: the weights are never formed) leaves the layout ``None`` and says why in
+    ``no_attention_weights_reason``; the backbone raises before any layer runs.
     """
 
     #: Whether ``forward(..., causal=True)`` is implemented (decides if ``ForCausalLM`` exists).
     supports_causal: bool = False
     #: How conversion from BERT initialises the mechanism's own parameters (shown in the report).
     conversion_init: str = "the mechanism's own initialisation"
+    #: "dense", "sparse" or None: the layout of the weights ``forward(..., output_attentions=True)`` returns.
+    attention_weights_layout: ClassVar[str | None] = None
+    #: Why there are no attention weights, and what to inspect instead (the error's text).
+    no_attention_weights_reason: ClassVar[str] = "this mechanism does not return attention weights."
+
+    @classmethod
+    def check_can_return_weights(cls) -> None:
+        """Raise a ``ValueError`` naming the mechanism when ``output_attentions=True`` cannot be honoured."""
+        if cls.attention_weights_layout is None:
+            raise ValueError(f"output_attentions=True: {cls.__name__} has no attention weights: "
+                             f"{cls.no_attention_weights_reason} Call without output_attentions.")
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__()
@@ -81,5 +99,6 @@ class AttentionMechanism(nn.Module):
         padding_mask: torch.Tensor | None = None,
         causal: bool = False,
         cache: Any = None,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

@@ -348,7 +348,19 @@ class KernelAttention(AttentionMechanism):
     """
 
     supports_causal = True
-    conversion_init = "FAVOR+: a fresh random projection (a buffer); Hedgehog: the identity feature map (W = I, b = 0)"
+    no_attention_weights_reason = (
+        "kernel attention computes φ(Q)(φ(K)ᵀV) and never forms the softmax weights. To inspect the kernel, "
+        "take q and k from forward hooks on a layer's attention.self.query and .key projections (split into "
+        "heads) and form mechanism.feature_map(q) @ mechanism.feature_map(k).T, normalised by its row sums, on a "
+        "short input."
+    )
+    #: What conversion from BERT gives each kernel's own parameters (the report names only the model's).
+    CONVERSION_INIT = {
+        "softmax": "FAVOR+ positive random features: a fresh random projection (a buffer, not a parameter)",
+        "relu": "FAVOR+ ReLU random features: a fresh random projection (a buffer, not a parameter)",
+        "elu": "none: the elu + 1 feature map has no parameters",
+        "hedgehog": "Hedgehog feature map: the identity (W = I, b = 0), trained by effzoo distill",
+    }
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__(config, layer_idx)
@@ -409,6 +421,7 @@ class KernelAttention(AttentionMechanism):
                 "Hedgehog LM."
             )
         self.kernel = kernel
+        self.conversion_init = self.CONVERSION_INIT[kernel]
         self.feature_map: FeatureMap
         if kernel in ("softmax", "relu"):
             random_map = FavorSoftmaxFeatures if kernel == "softmax" else FavorReluFeatures

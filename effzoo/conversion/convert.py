@@ -234,7 +234,7 @@ def _load(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str,
             )
     result = model.load_state_dict(weights, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or {})
-    mechanism_init = model.base_model.mechanism_class.conversion_init
+    mechanism_init = model.base_model.encoder.layer[0].attention.self.mechanism.conversion_init
     new = {key: mechanism_init if ".mechanism." in key else _option_init(key) for key in result.missing_keys
            if key not in tied}
     carried = [key for key in weights if key in expected]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -59,6 +60,12 @@ class EffzooEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(embeddings))
 
 
+#: The mechanism input under which the backbone passes a list that each layer's attention appends its
+#: weights to, when ``output_attentions`` is asked for. It travels with the other mechanism inputs, so
+#: every path through the layers (mixture of experts, reversible, checkpointed) carries it alike.
+ATTENTION_WEIGHTS_SINK = "_attention_weights_sink"
+
+
 class EffzooSelfAttention(nn.Module):
     """Q/K/V projections around a mechanism: hidden states -> per-head (q, k, v) -> context."""
 
@@ -85,11 +92,17 @@ class EffzooSelfAttention(nn.Module):
         q = self.query(hidden_states).view(heads_shape).transpose(1, 2)
         k = self.key(hidden_states).view(heads_shape).transpose(1, 2)
         v = self.value(hidden_states).view(heads_shape).transpose(1, 2)
+        weights_sink = mechanism_inputs.pop(ATTENTION_WEIGHTS_SINK, None)
         if self._passes_hidden_states:  # for projections of its own (Longformer's global ones)
             mechanism_inputs["hidden_states"] = hidden_states
-        context = self.mechanism(
-            q, k, v, padding_mask=padding_mask, causal=causal, cache=cache, **mechanism_inputs
-        )
+        if weights_sink is None:
+            context = self.mechanism(q, k, v, padding_mask=padding_mask, causal=causal, cache=cache, **mechanism_inputs)
+        else:
+            context, weights = self.mechanism(
+                q, k, v, padding_mask=padding_mask, causal=causal, cache=cache, output_attentions=True,
+                **mechanism_inputs,
+            )
+            weights_sink.append(weights)
         return context.transpose(1, 2).reshape(batch, length, -1)
 
 
@@ -400,25 +413,15 @@ class EffzooPreTrainedModel(PreTrainedModel):
             )
         super()._set_gradient_checkpointing(enable, *args, **kwargs)
 
+    #: Called as ``save_hook(model, save_directory)`` before Transformers' save. The registry sets the
+    #: one that writes the checkpoint's remote code and ``auto_map`` (``variants.register_all``); the
+    #: copy of this module inside a checkpoint has none, so it saves as any remote-code model does.
+    save_hook: ClassVar[Callable[..., None] | None] = None
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """Transformers' save, plus ``auto_map`` and the code module it points to.
-
-        The copy of this module inside a checkpoint imports these two from an installed effzoo (see
-        ``conversion/remote_code.py``); where effzoo is not installed, it saves as any remote-code
-        model does: Transformers copies the code it was loaded from.
-        """
-        try:
-            from ..conversion.remote_code import write_remote_code
-            from ..variants import variant_of_config
-        except ModuleNotFoundError as missing:
-            if missing.name != "effzoo":
-                raise
-            return super().save_pretrained(save_directory, *args, **kwargs)
-
-        variant = variant_of_config(self.config)
-        self.config.auto_map = variant.auto_map
-        os.makedirs(save_directory, exist_ok=True)
-        write_remote_code(save_directory, variant)
+        """Transformers' save, after the registry's :attr:`save_hook`."""
+        if type(self).save_hook is not None:
+            type(self).save_hook(self, save_directory)
         super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
@@ -434,6 +437,16 @@ class EffzooPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
         elif isinstance(module, HaltingUnits):
             module.reset_parameters()
+
+
+def output_flags(config: EffzooConfig, output_hidden_states: bool | None, output_attentions: bool | None,
+                 output_router_logits: bool | None) -> tuple[bool, bool, bool]:
+    """The three output switches of a forward call, each read from the config where the call leaves it None."""
+    def resolve(value: bool | None, name: str) -> bool:
+        return bool(getattr(config, name) if value is None else value)
+
+    return (resolve(output_hidden_states, "output_hidden_states"), resolve(output_attentions, "output_attentions"),
+            resolve(output_router_logits, "output_router_logits"))
 
 
 def _positions_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
@@ -481,25 +494,38 @@ class EffzooModel(EffzooPreTrainedModel):
         past_key_values: Any = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         output_router_logits: bool | None = None,
         **mechanism_inputs: Any,
     ) -> EffzooModelOutput:
-        """Encode a batch. Extra keyword inputs go to the mechanism, which must declare them."""
+        """Encode a batch. Extra keyword inputs go to the mechanism, which must declare them.
+
+        ``output_hidden_states``, ``output_attentions`` and ``output_router_logits`` not given are read
+        from the config, as in every Transformers model. The attention weights are the mechanism's
+        (``AttentionMechanism.attention_weights_layout``): dense for exact attention, a sparse COO
+        tensor of the attended pairs for the sparse patterns; the kernel family has none and says so.
+        """
+        output_hidden_states, output_attentions, output_router_logits = output_flags(
+            self.config, output_hidden_states, output_attentions, output_router_logits
+        )
         hidden_states, padding_mask, causal, past_key_values, use_cache = self.embed(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, past_key_values, use_cache,
             mechanism_inputs,
         )
+        attentions = None
+        if output_attentions:
+            self.mechanism_class.check_can_return_weights()
+            attentions = mechanism_inputs[ATTENTION_WEIGHTS_SINK] = []
         hidden_states, all_hidden_states, routings = self.encoder(
-            hidden_states, padding_mask, causal, past_key_values, bool(output_hidden_states), mechanism_inputs
+            hidden_states, padding_mask, causal, past_key_values, output_hidden_states, mechanism_inputs
         )
         router = summarise_routing(routings) or {}
-        if output_router_logits is None:
-            output_router_logits = self.config.output_router_logits
         return EffzooModelOutput(
             last_hidden_state=hidden_states,
             pooler_output=self.pooler(hidden_states) if self.pooler is not None else None,
             **{CACHE_FIELD: past_key_values if use_cache else None},
             hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+            attentions=tuple(attentions) if attentions is not None else None,
             aux_loss=router.get("aux_loss"),
             z_loss=router.get("z_loss"),
             router_logits=router.get("router_logits") if output_router_logits else None,
@@ -549,11 +575,6 @@ class EffzooModel(EffzooPreTrainedModel):
         return hidden_states, padding_mask, causal, past_key_values, use_cache
 
     def _check_mechanism_inputs(self, mechanism_inputs: dict[str, Any]) -> None:
-        if mechanism_inputs.pop("output_attentions", False):
-            raise ValueError(
-                "output_attentions=True is not supported: effzoo mechanisms never build the L×L attention "
-                "matrix. Use output_hidden_states=True, or Transformers' BertModel for attention maps."
-            )
         unknown = sorted(set(mechanism_inputs) - self.mechanism_input_names)
         if unknown:
             accepted = sorted(self.mechanism_input_names) or ["none"]

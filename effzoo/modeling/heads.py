@@ -22,7 +22,7 @@ from transformers import GenerationMixin
 from transformers.utils.generic import can_return_tuple
 
 from ..configs.base import EffzooConfig
-from .backbone import EffzooLMHead, EffzooModel, EffzooPreTrainedModel, run_layer
+from .backbone import EffzooLMHead, EffzooModel, EffzooPreTrainedModel, output_flags, run_layer
 from .global_tokens import default_global_attention_mask
 from .moe import summarise_routing
 from .outputs import (
@@ -54,6 +54,11 @@ GENERATION_CACHE_KWARG = (
 def router_fields(outputs: EffzooModelOutput) -> dict[str, Any]:
     """The router's outputs a head passes on (all None without experts)."""
     return {"aux_loss": outputs.aux_loss, "z_loss": outputs.z_loss, "router_logits": outputs.router_logits}
+
+
+def reported_fields(outputs: EffzooModelOutput) -> dict[str, Any]:
+    """What every head passes on from the encoder besides its predictions: hidden states, attentions, router."""
+    return {"hidden_states": outputs.hidden_states, "attentions": outputs.attentions, **router_fields(outputs)}
 
 
 class EffzooHead(EffzooPreTrainedModel):
@@ -139,20 +144,21 @@ class EffzooForMaskedLM(_LanguageModelHead):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         output_router_logits: bool | None = None,
         **mechanism_inputs: Any,
     ) -> EffzooMaskedLMOutput:
         outputs = self.encode(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states,
-            output_router_logits=output_router_logits, **mechanism_inputs,
+            output_attentions=output_attentions, output_router_logits=output_router_logits, **mechanism_inputs,
         )
         logits = self.cls(outputs.last_hidden_state)
         loss = None
         if labels is not None:
-            loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))
+            loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.reshape(-1))
         return EffzooMaskedLMOutput(loss=self.with_router_losses(loss, outputs), logits=logits,
-                                    hidden_states=outputs.hidden_states, **router_fields(outputs))
+                                    **reported_fields(outputs))
 
 
 class EffzooForCausalLM(_LanguageModelHead, GenerationMixin):
@@ -188,6 +194,7 @@ class EffzooForCausalLM(_LanguageModelHead, GenerationMixin):
         past_key_values: Any = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         output_router_logits: bool | None = None,
         logits_to_keep: int = 0,
         cache: Any = None,
@@ -199,7 +206,7 @@ class EffzooForCausalLM(_LanguageModelHead, GenerationMixin):
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, inputs_embeds=inputs_embeds, past_key_values=past_key_values,
             use_cache=False if labels is not None else use_cache, output_hidden_states=output_hidden_states,
-            output_router_logits=output_router_logits, **mechanism_inputs,
+            output_attentions=output_attentions, output_router_logits=output_router_logits, **mechanism_inputs,
         )
         hidden_states = outputs.last_hidden_state
         if logits_to_keep:
@@ -210,7 +217,7 @@ class EffzooForCausalLM(_LanguageModelHead, GenerationMixin):
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
         return EffzooCausalLMOutput(
             loss=self.with_router_losses(loss, outputs), logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
-            hidden_states=outputs.hidden_states, **router_fields(outputs),
+            **reported_fields(outputs),
         )
 
 
@@ -236,7 +243,7 @@ def sequence_classification_loss(config: EffzooConfig, logits: torch.Tensor, lab
             return MSELoss()(logits.squeeze(), labels.squeeze().to(logits.dtype))
         return MSELoss()(logits, labels.to(logits.dtype))
     if config.problem_type == "single_label_classification":
-        return CrossEntropyLoss()(logits.view(-1, num_labels), labels.view(-1))
+        return CrossEntropyLoss()(logits.view(-1, num_labels), labels.reshape(-1))
     return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
 
 
@@ -274,14 +281,17 @@ class _PonderHead(EffzooHead):
         raise NotImplementedError
 
     def ponder(self, inputs: dict[str, Any], labels: torch.Tensor | None, output_hidden_states: bool | None,
-               output_router_logits: bool | None, mechanism_inputs: dict[str, Any], readout: Readout,
-               rows_per_example: int = 1) -> dict[str, Any]:
+               output_attentions: bool | None, output_router_logits: bool | None, mechanism_inputs: dict[str, Any],
+               readout: Readout, rows_per_example: int = 1) -> dict[str, Any]:
         """The output fields of PonderNet's forward; ``readout`` maps a layer's hidden states to
         (predictions per example, halting features per example)."""
         config = self.config
+        output_hidden_states, output_attentions, output_router_logits = output_flags(
+            config, output_hidden_states, output_attentions, output_router_logits
+        )
         if self.training:
-            outputs = self.encode(**inputs, output_hidden_states=True, output_router_logits=output_router_logits,
-                                  **mechanism_inputs)
+            outputs = self.encode(**inputs, output_hidden_states=True, output_attentions=output_attentions,
+                                  output_router_logits=output_router_logits, **mechanism_inputs)
             readouts = [readout(state) for state in outputs.hidden_states[1:]]
             predictions = torch.stack([prediction for prediction, _ in readouts], dim=1)
             halting = torch.stack([self.halting(index, features) for index, (_, features) in enumerate(readouts)], 1)
@@ -293,16 +303,18 @@ class _PonderHead(EffzooHead):
                 loss = ponder_loss(losses, probabilities, config.ponder_lambda_prior, config.ponder_beta)
             return {
                 "loss": self.with_router_losses(loss, outputs), "logits": predictions[:, -1],
-                "hidden_states": outputs.hidden_states if output_hidden_states else None, **router_fields(outputs),
+                "hidden_states": outputs.hidden_states if output_hidden_states else None,
+                "attentions": outputs.attentions, **router_fields(outputs),
                 "halting_probabilities": probabilities,
                 "layers_used": torch.full((predictions.shape[0],), predictions.shape[1], dtype=torch.long,
                                           device=predictions.device),
             }
 
-        if output_hidden_states:
+        if output_hidden_states or output_attentions:
             raise ValueError(
-                "output_hidden_states=True is not available with ponder=True in evaluation mode: each example "
-                "stops at its own layer. Call model.train() to run every layer, or leave output_hidden_states off."
+                "output_hidden_states=True and output_attentions=True are not available with ponder=True in "
+                "evaluation mode: each example stops at its own layer. Call model.train() to run every layer, or "
+                "leave them off (in the call and in the config)."
             )
         bert = self.bert
         mechanism_inputs = {**mechanism_inputs, **self.default_global_inputs({**inputs, **mechanism_inputs})}
@@ -326,10 +338,9 @@ class _PonderHead(EffzooHead):
         loss = self.task_loss(predictions, labels) if labels is not None else None
         if loss is not None and router:
             loss = loss + config.router_aux_loss_coef * router["aux_loss"] + config.router_z_loss_coef * router["z_loss"]
-        show_logits = config.output_router_logits if output_router_logits is None else output_router_logits
         return {
             "loss": loss, "logits": predictions, "aux_loss": router.get("aux_loss"), "z_loss": router.get("z_loss"),
-            "router_logits": router.get("router_logits") if show_logits else None,
+            "router_logits": router.get("router_logits") if output_router_logits else None,
             "halting_probabilities": probabilities, "layers_used": layers_used,
         }
 
@@ -367,6 +378,7 @@ class EffzooForSequenceClassification(_PonderHead):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         output_router_logits: bool | None = None,
         **mechanism_inputs: Any,
     ) -> EffzooSequenceClassifierOutput:
@@ -374,13 +386,14 @@ class EffzooForSequenceClassification(_PonderHead):
                   "position_ids": position_ids, "inputs_embeds": inputs_embeds}
         if self.config.ponder:
             return EffzooSequenceClassifierOutput(**self.ponder(
-                inputs, labels, output_hidden_states, output_router_logits, mechanism_inputs, self.readout))
-        outputs = self.encode(**inputs, output_hidden_states=output_hidden_states,
+                inputs, labels, output_hidden_states, output_attentions, output_router_logits, mechanism_inputs,
+                self.readout))
+        outputs = self.encode(**inputs, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
                               output_router_logits=output_router_logits, **mechanism_inputs)
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = sequence_classification_loss(self.config, logits, labels) if labels is not None else None
         return EffzooSequenceClassifierOutput(loss=self.with_router_losses(loss, outputs), logits=logits,
-                                              hidden_states=outputs.hidden_states, **router_fields(outputs))
+                                              **reported_fields(outputs))
 
 
 class EffzooForTokenClassification(EffzooHead):
@@ -405,20 +418,21 @@ class EffzooForTokenClassification(EffzooHead):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         output_router_logits: bool | None = None,
         **mechanism_inputs: Any,
     ) -> EffzooTokenClassifierOutput:
         outputs = self.encode(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states,
-            output_router_logits=output_router_logits, **mechanism_inputs,
+            output_attentions=output_attentions, output_router_logits=output_router_logits, **mechanism_inputs,
         )
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
-            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.reshape(-1))
         return EffzooTokenClassifierOutput(loss=self.with_router_losses(loss, outputs), logits=logits,
-                                           hidden_states=outputs.hidden_states, **router_fields(outputs))
+                                           **reported_fields(outputs))
 
 
 class EffzooForQuestionAnswering(EffzooHead):
@@ -444,13 +458,14 @@ class EffzooForQuestionAnswering(EffzooHead):
         start_positions: torch.Tensor | None = None,
         end_positions: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         output_router_logits: bool | None = None,
         **mechanism_inputs: Any,
     ) -> EffzooQuestionAnsweringOutput:
         outputs = self.encode(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states,
-            output_router_logits=output_router_logits, **mechanism_inputs,
+            output_attentions=output_attentions, output_router_logits=output_router_logits, **mechanism_inputs,
         )
         start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1)
         start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
@@ -464,7 +479,7 @@ class EffzooForQuestionAnswering(EffzooHead):
             loss = (loss_fct(start_logits, start_positions) + loss_fct(end_logits, end_positions)) / 2
         return EffzooQuestionAnsweringOutput(
             loss=self.with_router_losses(loss, outputs), start_logits=start_logits, end_logits=end_logits,
-            hidden_states=outputs.hidden_states, **router_fields(outputs),
+            **reported_fields(outputs),
         )
 
 
@@ -505,6 +520,7 @@ class EffzooForMultipleChoice(_PonderHead):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         output_router_logits: bool | None = None,
         **mechanism_inputs: Any,
     ) -> EffzooMultipleChoiceOutput:
@@ -525,11 +541,11 @@ class EffzooForMultipleChoice(_PonderHead):
         mechanism_inputs = {name: flat(value) for name, value in mechanism_inputs.items()}
         if self.config.ponder:
             return EffzooMultipleChoiceOutput(**self.ponder(
-                inputs, labels, output_hidden_states, output_router_logits, mechanism_inputs,
+                inputs, labels, output_hidden_states, output_attentions, output_router_logits, mechanism_inputs,
                 lambda states: self.readout(states, num_choices), rows_per_example=num_choices))
-        outputs = self.encode(**inputs, output_hidden_states=output_hidden_states,
+        outputs = self.encode(**inputs, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
                               output_router_logits=output_router_logits, **mechanism_inputs)
         logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)
         loss = CrossEntropyLoss()(logits, labels) if labels is not None else None
         return EffzooMultipleChoiceOutput(loss=self.with_router_losses(loss, outputs), logits=logits,
-                                          hidden_states=outputs.hidden_states, **router_fields(outputs))
+                                          **reported_fields(outputs))

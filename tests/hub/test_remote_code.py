@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from transformers.dynamic_module_utils import get_imports, get_relative_import_files
 
 import effzoo
-from effzoo.conversion.remote_code import exported_modules, flat_name
-from effzoo.variants import REMOTE_CODE_MODULE, VARIANTS
+from effzoo.remote_code import REMOTE_CODE_MODULE, exported_modules, flat_name
+from effzoo.variants import VARIANTS
 from tests.conftest import TINY
 from tests.modeling.test_heads import head_batch
 

@@ -69,12 +69,6 @@ def test_unknown_keyword_input_is_named(model):
         model(torch.ones(1, 4, dtype=torch.long), global_attention_mask=torch.ones(1, 4))
 
 
-def test_attention_maps_are_refused_clearly(model):
-    with pytest.raises(ValueError, match="output_attentions=True is not supported"):
-        model(torch.ones(1, 4, dtype=torch.long), output_attentions=True)
-    assert model(torch.ones(1, 4, dtype=torch.long), output_attentions=False).last_hidden_state.shape == (1, 4, 32)
-
-
 def test_shared_base_class_needs_a_variant(tiny_full_config):
     with pytest.raises(TypeError, match="no attention mechanism"):
         EffzooModel(tiny_full_config)

@@ -128,8 +128,8 @@ def test_every_head_adds_the_router_losses_and_returns_the_logits_when_asked():
     assert model(input_ids, attention_mask=mask).router_logits is None
     base = model.bert(input_ids, attention_mask=mask)
     assert base.dropped_tokens.shape == (2,)
-    with pytest.raises(ValueError, match="output_attentions"):
-        model(input_ids, output_attentions=True)
+    attentions = model(input_ids, attention_mask=mask, output_attentions=True).attentions
+    assert len(attentions) == 4 and attentions[1].shape == (3, 4, 12, 12)  # mixture-of-experts layers too
 
 
 def test_router_computes_in_float32_in_a_bfloat16_model():

@@ -14,11 +14,13 @@ and imports them as one flat package. It follows only same-folder relative impor
 3. writes the entry module ``effzoo_remote.py`` that the config's ``auto_map`` names, which
    re-exports the config and model classes.
 
-Relative imports made inside a function run only when it is called and are not followed: the
-backbone's ``save_pretrained`` imports this module and the variants table only to save. In the
-copy such an import of a module outside the export becomes an absolute ``effzoo.…`` import; it
-works where effzoo is installed, and the backbone falls back to Transformers' own save where
-it is not.
+The registry (``variants.register_all``) makes the backbone's ``save_pretrained`` call
+:func:`write_remote_code`; the copies inside a checkpoint are never registered, so a model loaded
+from them saves as any remote-code model does (Transformers copies the code it was loaded from).
+Relative imports made inside a function run only when it is called and are not followed; in the
+copy such an import of a module outside the export becomes an absolute ``effzoo.…`` import.
+
+This module imports nothing of effzoo at run time, so the registry can import it.
 """
 
 from __future__ import annotations
@@ -26,14 +28,19 @@ from __future__ import annotations
 import ast
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..variants import REMOTE_CODE_MODULE, Variant
+if TYPE_CHECKING:
+    from .variants import Variant
 
 #: The package whose modules are exported: "effzoo".
 PACKAGE = __name__.split(".")[0]
 
+#: Module holding the shim that ``trust_remote_code=True`` loads from a saved checkpoint.
+REMOTE_CODE_MODULE = "effzoo_remote"
 
-def write_remote_code(directory: str | Path, variant: Variant) -> Path:
+
+def write_remote_code(directory: str | Path, variant: "Variant") -> Path:
     """Write the variant's code into ``directory``; returns the entry module ``effzoo_remote.py``.
 
     The files depend on torch and transformers only, so ``AutoModel.from_pretrained(directory,
