@@ -390,7 +390,12 @@ class EffzooPreTrainedModel(PreTrainedModel):
     mechanism_class: type[AttentionMechanism] | None = None
     base_model_prefix = "bert"
     supports_gradient_checkpointing = True
+    #: The units device maps and FSDP wrapping keep whole: the embeddings and every layer class.
     _no_split_modules = ["EffzooEmbeddings", "EffzooLayer", "EffzooMoELayer"]
+    #: With ``reversible=True`` the encoder runs all its layers inside one autograd function that calls
+    #: their blocks, never a layer's ``forward``, so hooks on a layer (FSDP's, accelerate's) never fire:
+    #: the encoder is the unit instead.
+    _reversible_no_split_modules = ["EffzooEmbeddings", "EffzooEncoder"]
     # Extra keyword inputs belong to the mechanism; Trainer must not send loss kwargs through them.
     accepts_loss_kwargs = False
 
@@ -403,6 +408,11 @@ class EffzooPreTrainedModel(PreTrainedModel):
             if base.__dict__.get("mechanism_class") is not None:
                 cls.config_class = base.__dict__["config_class"]
                 break
+
+    def __init__(self, config: EffzooConfig, *inputs: Any, **kwargs: Any) -> None:
+        super().__init__(config, *inputs, **kwargs)
+        if config.reversible:
+            self._no_split_modules = self._reversible_no_split_modules
 
     def _set_gradient_checkpointing(self, enable: bool = True, *args: Any, **kwargs: Any) -> None:
         if enable and self.config.reversible:

@@ -62,24 +62,13 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 def fsdp_units(model: nn.Module) -> list[nn.Module]:
-    """The modules to ``fully_shard`` before the root, innermost first.
-
-    Every module whose class the model names in ``_no_split_modules`` (the embeddings and each
-    layer), with two exceptions:
-
-    - a reversible encoder runs all its layers inside one autograd function that calls their
-      blocks, never their ``forward``, so FSDP's hooks on a layer would not fire: the encoder is
-      the unit instead of its layers;
-    - a module holding a parameter tied to one outside it (the word embeddings tied to a language
-      model's decoder) stays in its parent's unit, since FSDP2 keeps a tied parameter in one group.
-    """
+    """The modules to ``fully_shard`` before the root, innermost first: every module whose class the
+    model names in ``_no_split_modules`` (the embeddings and each layer; a reversible model names its
+    encoder instead), except a module holding a parameter tied to one outside it (the word embeddings
+    tied to a language model's decoder), which stays in its parent's unit, since FSDP2 keeps a tied
+    parameter in one group."""
     no_split = set(model._no_split_modules)
-    reversible_encoders = [module for module in model.modules() if getattr(module, "reversible", False) is True
-                           and isinstance(getattr(module, "layer", None), nn.ModuleList)]
-    inside_reversible = {id(layer) for encoder in reversible_encoders for layer in encoder.modules()}
-    units = [module for module in model.modules()
-             if type(module).__name__ in no_split and id(module) not in inside_reversible]
-    units += reversible_encoders
+    units = [module for module in model.modules() if type(module).__name__ in no_split]
     return [module for module in units if not _shares_parameters_outside(module, model)]
 
 
