@@ -16,7 +16,8 @@ import time
 import torch
 
 import effzoo
-from effzoo.modeling.backbone import EffzooLayer, EffzooMoELayer
+from effzoo.modeling.layers import EffzooLayer
+from effzoo.modeling.moe import EffzooMoELayer
 
 
 def step_seconds(blocks, hidden: torch.Tensor, repeats: int) -> list[float]:

@@ -166,7 +166,7 @@ class _TokenCount:
 class NoTokenMixing(AttentionMechanism):
     """The no-attention floor: each token's context is its own value vector (no token mixing).
 
-    Used inside :class:`~effzoo.modeling.backbone.EffzooLayer`, the layer keeps exactly the
+    Used inside :class:`~effzoo.modeling.layers.EffzooLayer`, the layer keeps exactly the
     projections, feed-forward and layer norms of every variant, so its time is the limit that no
     attention mechanism can beat at that size. Not a variant: it models nothing.
     """

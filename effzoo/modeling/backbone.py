@@ -9,12 +9,12 @@ The backbone options of the config add their own modules here, for every mechani
 a mixture-of-experts layer has ``encoder.layer.N.router.weight`` and
 ``encoder.layer.N.experts.K.{intermediate,output}.dense`` instead of the dense feed-forward (its
 ``output.LayerNorm`` stays; see ``moe.py``); reversible layers add ``encoder.LayerNorm`` over the
-merged streams (see ``reversible.py``).
+merged streams (see ``reversible.py``). A layer's parts live in ``layers.py``; the
+mixture-of-experts layer beside its router in ``moe.py``.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -24,12 +24,12 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils.generic import can_return_tuple
 
 from ..attention.base import AttentionMechanism
 from ..configs.base import EffzooConfig
-from .moe import Routing, SwitchRouter, dispatch, summarise_routing
+from .layers import ATTENTION_WEIGHTS_SINK, EffzooLayer, keyword_inputs
+from .moe import EffzooMoELayer, Routing, SwitchRouter, summarise_routing
 from .outputs import CACHE_FIELD, EffzooModelOutput
 from .ponder import HaltingUnits
 from .reversible import run_two_streams
@@ -60,207 +60,8 @@ class EffzooEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(embeddings))
 
 
-#: The mechanism input under which the backbone passes a list that each layer's attention appends its
-#: weights to, when ``output_attentions`` is asked for. It travels with the other mechanism inputs, so
-#: every path through the layers (mixture of experts, reversible, checkpointed) carries it alike.
-ATTENTION_WEIGHTS_SINK = "_attention_weights_sink"
-
-
-class EffzooSelfAttention(nn.Module):
-    """Q/K/V projections around a mechanism: hidden states -> per-head (q, k, v) -> context."""
-
-    def __init__(self, config: EffzooConfig, mechanism_class: type[AttentionMechanism], layer_idx: int) -> None:
-        super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.head_dim
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
-        self.mechanism = mechanism_class(config, layer_idx=layer_idx)
-        self._passes_hidden_states = "hidden_states" in _keyword_inputs(mechanism_class)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        padding_mask: torch.Tensor | None,
-        causal: bool,
-        cache: Any,
-        **mechanism_inputs: Any,
-    ) -> torch.Tensor:
-        batch, length, _ = hidden_states.shape
-        heads_shape = (batch, length, self.num_heads, self.head_dim)
-        q = self.query(hidden_states).view(heads_shape).transpose(1, 2)
-        k = self.key(hidden_states).view(heads_shape).transpose(1, 2)
-        v = self.value(hidden_states).view(heads_shape).transpose(1, 2)
-        weights_sink = mechanism_inputs.pop(ATTENTION_WEIGHTS_SINK, None)
-        if self._passes_hidden_states:  # for projections of its own (Longformer's global ones)
-            mechanism_inputs["hidden_states"] = hidden_states
-        if weights_sink is None:
-            context = self.mechanism(q, k, v, padding_mask=padding_mask, causal=causal, cache=cache, **mechanism_inputs)
-        else:
-            context, weights = self.mechanism(
-                q, k, v, padding_mask=padding_mask, causal=causal, cache=cache, output_attentions=True,
-                **mechanism_inputs,
-            )
-            weights_sink.append(weights)
-        return context.transpose(1, 2).reshape(batch, length, -1)
-
-
-class EffzooResidualOutput(nn.Module):
-    """dense -> dropout -> LayerNorm(x + residual): BERT's SelfOutput and Output in one class."""
-
-    def __init__(self, config: EffzooConfig, input_size: int) -> None:
-        super().__init__()
-        self.dense = nn.Linear(input_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
-
-
-class EffzooAttention(nn.Module):
-    """Self-attention block: ``self`` (projections + mechanism) and ``output`` (post-LN residual)."""
-
-    def __init__(self, config: EffzooConfig, mechanism_class: type[AttentionMechanism], layer_idx: int) -> None:
-        super().__init__()
-        self.self = EffzooSelfAttention(config, mechanism_class, layer_idx)
-        self.output = EffzooResidualOutput(config, config.hidden_size)
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.output(self.self(hidden_states, *args, **kwargs), hidden_states)
-
-
-class EffzooIntermediate(nn.Module):
-    """The feed-forward expansion: dense to ``intermediate_size`` and the activation."""
-
-    def __init__(self, config: EffzooConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.intermediate_act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.intermediate_act_fn(self.dense(hidden_states))
-
-
-def apply_in_chunks(function: Any, chunk_size: int, hidden_states: torch.Tensor) -> torch.Tensor:
-    """``function`` over chunks of ``chunk_size`` positions (the last may be shorter), concatenated.
-
-    Transformers' ``chunk_size_feed_forward`` (the Reformer's chunked feed-forward): a position-wise
-    function gives the same result, with intermediate activations of chunk_size positions at a time.
-    Unlike ``apply_chunking_to_forward``, any length works. ``chunk_size`` 0: one call.
-    """
-    if not chunk_size or hidden_states.shape[1] <= chunk_size:
-        return function(hidden_states)
-    return torch.cat([function(chunk) for chunk in hidden_states.split(chunk_size, dim=1)], dim=1)
-
-
-class EffzooLayer(GradientCheckpointingLayer):
-    """One post-LN transformer layer (BERT's): attention, then the (optionally chunked) feed-forward."""
-
-    def __init__(self, config: EffzooConfig, mechanism_class: type[AttentionMechanism], layer_idx: int) -> None:
-        super().__init__()
-        self.chunk_size_feed_forward = config.chunk_size_feed_forward
-        self.attention = EffzooAttention(config, mechanism_class, layer_idx)
-        self.intermediate = EffzooIntermediate(config)
-        self.output = EffzooResidualOutput(config, config.intermediate_size)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        padding_mask: torch.Tensor | None = None,
-        causal: bool = False,
-        past_key_values: Any = None,
-        **mechanism_inputs: Any,
-    ) -> torch.Tensor:
-        # `past_key_values` keeps Transformers' name so that gradient checkpointing drops the cache.
-        attention_output = self.attention(hidden_states, padding_mask, causal, past_key_values, **mechanism_inputs)
-        return apply_in_chunks(self.feed_forward, self.chunk_size_feed_forward, attention_output)
-
-    def feed_forward(self, attention_output: torch.Tensor) -> torch.Tensor:
-        return self.output(self.intermediate(attention_output), attention_output)
-
-    def feed_forward_branch(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None
-                            ) -> tuple[torch.Tensor, None]:
-        """The feed-forward without residual and LayerNorm (dense, dropout), for the reversible layers."""
-        def branch(chunk: torch.Tensor) -> torch.Tensor:
-            return self.output.dropout(self.output.dense(self.intermediate(chunk)))
-
-        return apply_in_chunks(branch, self.chunk_size_feed_forward, hidden_states), None
-
-
-class EffzooExpertOutput(nn.Module):
-    """An expert's down-projection, ``experts.K.output.dense`` (dropout and LayerNorm are the layer's)."""
-
-    def __init__(self, config: EffzooConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.dense(hidden_states)
-
-
-class EffzooExpert(nn.Module):
-    """One expert: BERT's feed-forward, ``intermediate.dense`` -> activation -> ``output.dense``."""
-
-    def __init__(self, config: EffzooConfig) -> None:
-        super().__init__()
-        self.intermediate = EffzooIntermediate(config)
-        self.output = EffzooExpertOutput(config)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.output(self.intermediate(hidden_states))
-
-
-class EffzooMixtureOutput(nn.Module):
-    """dropout -> LayerNorm(x + residual) after the experts; ``output.LayerNorm`` as in BERT."""
-
-    def __init__(self, config: EffzooConfig) -> None:
-        super().__init__()
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(hidden_states) + residual)
-
-
-class EffzooMoELayer(GradientCheckpointingLayer):
-    """A post-LN layer whose feed-forward is a Switch mixture of experts (see ``moe.py``).
-
-    Returns ``(hidden_states, *routing)``, a flat tuple of tensors (so that every form of gradient
-    checkpointing carries the router's losses), where ``routing`` is a :class:`Routing`.
-    """
-
-    def __init__(self, config: EffzooConfig, mechanism_class: type[AttentionMechanism], layer_idx: int) -> None:
-        super().__init__()
-        self.attention = EffzooAttention(config, mechanism_class, layer_idx)
-        self.router = SwitchRouter(config)
-        self.experts = nn.ModuleList([EffzooExpert(config) for _ in range(config.num_experts)])
-        self.output = EffzooMixtureOutput(config)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        padding_mask: torch.Tensor | None = None,
-        causal: bool = False,
-        past_key_values: Any = None,
-        **mechanism_inputs: Any,
-    ) -> tuple[torch.Tensor, ...]:
-        attention_output = self.attention(hidden_states, padding_mask, causal, past_key_values, **mechanism_inputs)
-        mixture, routing = self.mixture(attention_output, padding_mask)
-        return (self.output(mixture, attention_output), *routing)
-
-    def mixture(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None
-                ) -> tuple[torch.Tensor, Routing]:
-        """Route and run the experts: the gated sum of the chosen experts' outputs, zeros where none served."""
-        routing = self.router(hidden_states, padding_mask)
-        return dispatch(hidden_states, routing, self.experts), routing
-
-    def feed_forward_branch(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None
-                            ) -> tuple[torch.Tensor, Routing]:
-        """The mixture without residual and LayerNorm (with dropout), for the reversible layers."""
-        mixture, routing = self.mixture(hidden_states, padding_mask)
-        return self.output.dropout(mixture), routing
+#: ``exit_hook(layer_index, hidden_states) -> keep``: after a layer, a bool per running row, True to go on.
+ExitHook = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 def make_layer(config: EffzooConfig, mechanism_class: type[AttentionMechanism], layer_idx: int) -> nn.Module:
@@ -320,6 +121,42 @@ class EffzooEncoder(nn.Module):
             if all_hidden_states is not None:
                 all_hidden_states.append(hidden_states)
         return hidden_states, all_hidden_states, routings
+
+    def run_until_exit(
+        self,
+        hidden_states: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        causal: bool,
+        mechanism_inputs: dict[str, Any],
+        exit_hook: ExitHook,
+    ) -> list[Routing]:
+        """Run the layers, each row until ``exit_hook`` lets it go; return the routings.
+
+        After layer ``index`` the hook gets ``(index, hidden_states)`` of the rows still running and
+        returns a bool per row, True for the rows that go on to the next layer; the rows it lets go run
+        no further layer (PonderNet's early exit, ``ponder.py``). Mechanism inputs whose first
+        dimension is the rows (a global-attention mask) are cut with them.
+        """
+        if self.reversible:
+            raise ValueError("An early exit needs layers that run one at a time; reversible=True runs them as "
+                             "two streams. Use a model with reversible=False.")
+        routings = []
+        for index, layer in enumerate(self.layer):
+            hidden_states, routing = run_layer(layer, hidden_states, padding_mask, causal, None, mechanism_inputs)
+            if routing is not None:
+                routings.append(routing)
+            keep = exit_hook(index, hidden_states)
+            if not bool(keep.any()):
+                break
+            rows = hidden_states.shape[0]
+            hidden_states = hidden_states[keep]
+            padding_mask = padding_mask[keep] if padding_mask is not None else None
+            mechanism_inputs = {
+                name: value[keep] if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == rows
+                else value
+                for name, value in mechanism_inputs.items()
+            }
+        return routings
 
     def _two_streams(self, hidden_states, padding_mask, causal, cache, output_hidden_states, mechanism_inputs):
         stream_1, stream_2, routings, merged = run_two_streams(
@@ -484,7 +321,7 @@ class EffzooModel(EffzooPreTrainedModel):
         self.embeddings = EffzooEmbeddings(config)
         self.encoder = EffzooEncoder(config, self.mechanism_class)
         self.pooler = EffzooPooler(config) if add_pooling_layer else None
-        self.mechanism_input_names = _keyword_inputs(self.mechanism_class) - BACKBONE_SUPPLIED_INPUTS
+        self.mechanism_input_names = keyword_inputs(self.mechanism_class) - BACKBONE_SUPPLIED_INPUTS
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -542,6 +379,23 @@ class EffzooModel(EffzooPreTrainedModel):
             dropped_tokens=router.get("dropped_tokens"),
         )
 
+    def encode_until_exit(
+        self,
+        exit_hook: ExitHook,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **mechanism_inputs: Any,
+    ) -> list[Routing]:
+        """Embed and run the encoder with an early exit (:meth:`EffzooEncoder.run_until_exit`); the hook
+        sees every layer's hidden states and the routings are returned."""
+        hidden_states, padding_mask, causal, _, _ = self.embed(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, None, False, mechanism_inputs,
+        )
+        return self.encoder.run_until_exit(hidden_states, padding_mask, causal, mechanism_inputs, exit_hook)
+
     def embed(
         self,
         input_ids: torch.Tensor | None,
@@ -596,12 +450,6 @@ class EffzooModel(EffzooPreTrainedModel):
 
 #: Mechanism inputs the backbone fills in itself, never the user.
 BACKBONE_SUPPLIED_INPUTS = {"hidden_states"}
-
-
-def _keyword_inputs(mechanism_class: type[AttentionMechanism]) -> set[str]:
-    """Extra keyword inputs a mechanism declares beyond the base contract."""
-    base = set(inspect.signature(AttentionMechanism.forward).parameters)
-    return set(inspect.signature(mechanism_class.forward).parameters) - base
 
 
 def _input_shape(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> tuple[int, int]:

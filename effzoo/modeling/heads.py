@@ -22,7 +22,7 @@ from transformers import GenerationMixin
 from transformers.utils.generic import can_return_tuple
 
 from ..configs.base import EffzooConfig
-from .backbone import EffzooLMHead, EffzooModel, EffzooPreTrainedModel, output_flags, run_layer
+from .backbone import EffzooLMHead, EffzooModel, EffzooPreTrainedModel, output_flags
 from .global_tokens import default_global_attention_mask
 from .moe import summarise_routing
 from .outputs import (
@@ -35,7 +35,7 @@ from .outputs import (
     EffzooSequenceClassifierOutput,
     EffzooTokenClassifierOutput,
 )
-from .ponder import HaltingUnits, Readout, halting_distribution, ponder_loss, run_with_early_exit
+from .ponder import EarlyExit, HaltingUnits, Readout, halting_distribution, ponder_loss
 
 _TIED_LM_WEIGHTS = {
     "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
@@ -316,32 +316,20 @@ class _PonderHead(EffzooHead):
                 "evaluation mode: each example stops at its own layer. Call model.train() to run every layer, or "
                 "leave them off (in the call and in the config)."
             )
-        bert = self.bert
         mechanism_inputs = {**mechanism_inputs, **self.default_global_inputs({**inputs, **mechanism_inputs})}
-        hidden_states, padding_mask, causal, _, _ = bert.embed(
-            inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], inputs["position_ids"],
-            inputs["inputs_embeds"], None, False, mechanism_inputs,
-        )
-        routings = []
-
-        def run(index: int, states: torch.Tensor, mask: torch.Tensor | None, row_inputs: dict[str, Any]):
-            states, routing = run_layer(bert.encoder.layer[index], states, mask, causal, None, row_inputs)
-            if routing is not None:
-                routings.append(routing)
-            return states
-
-        predictions, layers_used, probabilities = run_with_early_exit(
-            run, config.num_hidden_layers, hidden_states, padding_mask, mechanism_inputs, readout, self.halting,
-            rows_per_example=rows_per_example, threshold=config.ponder_threshold, sample=config.ponder_sample,
-        )
-        router = summarise_routing(routings) or {}
+        rows = (inputs["input_ids"] if inputs["input_ids"] is not None else inputs["inputs_embeds"]).shape[0]
+        early_exit = EarlyExit(readout, self.halting, rows // rows_per_example, self.halting.weight.device,
+                               rows_per_example=rows_per_example, threshold=config.ponder_threshold,
+                               sample=config.ponder_sample)
+        router = summarise_routing(self.bert.encode_until_exit(early_exit, **inputs, **mechanism_inputs)) or {}
+        predictions = early_exit.predictions
         loss = self.task_loss(predictions, labels) if labels is not None else None
         if loss is not None and router:
             loss = loss + config.router_aux_loss_coef * router["aux_loss"] + config.router_z_loss_coef * router["z_loss"]
         return {
             "loss": loss, "logits": predictions, "aux_loss": router.get("aux_loss"), "z_loss": router.get("z_loss"),
             "router_logits": router.get("router_logits") if output_router_logits else None,
-            "halting_probabilities": probabilities, "layers_used": layers_used,
+            "halting_probabilities": early_exit.probabilities, "layers_used": early_exit.layers_used,
         }
 
 

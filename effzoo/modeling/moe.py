@@ -23,17 +23,23 @@ gated sum of their outputs, and the layer's residual and LayerNorm are BERT's.
   capacity) and Pᵢ the mean router probability of expert i (1 when perfectly balanced);
   z = mean over T of (log Σᵢ exp xᵢ)², x the router logits.
 
-Dispatch has no Python loop over tokens: assignments are sorted by expert and cut with ``split``,
+The layer itself (:class:`EffzooMoELayer`: the attention block, the router, the experts, BERT's
+residual and LayerNorm) is at the end of this module. Dispatch has no Python loop over tokens: assignments are sorted by expert and cut with ``split``,
 each expert runs one matmul pair on its slice, and ``index_add_`` scatters the gated results back.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from ..attention.base import AttentionMechanism
+from ..configs.base import EffzooConfig
+from .layers import EffzooAttention, EffzooIntermediate
 
 
 class Routing(NamedTuple):
@@ -162,3 +168,77 @@ def summarise_routing(routings: list[Routing]) -> dict[str, torch.Tensor | tuple
         "router_logits": tuple(routing.logits for routing in routings),
         "dropped_tokens": torch.stack([routing.dropped for routing in routings]),
     }
+
+
+class EffzooExpertOutput(nn.Module):
+    """An expert's down-projection, ``experts.K.output.dense`` (dropout and LayerNorm are the layer's)."""
+
+    def __init__(self, config: EffzooConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dense(hidden_states)
+
+
+class EffzooExpert(nn.Module):
+    """One expert: BERT's feed-forward, ``intermediate.dense`` -> activation -> ``output.dense``."""
+
+    def __init__(self, config: EffzooConfig) -> None:
+        super().__init__()
+        self.intermediate = EffzooIntermediate(config)
+        self.output = EffzooExpertOutput(config)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.output(self.intermediate(hidden_states))
+
+
+class EffzooMixtureOutput(nn.Module):
+    """dropout -> LayerNorm(x + residual) after the experts; ``output.LayerNorm`` as in BERT."""
+
+    def __init__(self, config: EffzooConfig) -> None:
+        super().__init__()
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(hidden_states) + residual)
+
+
+class EffzooMoELayer(GradientCheckpointingLayer):
+    """A post-LN layer whose feed-forward is a Switch mixture of experts (see ``moe.py``).
+
+    Returns ``(hidden_states, *routing)``, a flat tuple of tensors (so that every form of gradient
+    checkpointing carries the router's losses), where ``routing`` is a :class:`Routing`.
+    """
+
+    def __init__(self, config: EffzooConfig, mechanism_class: type[AttentionMechanism], layer_idx: int) -> None:
+        super().__init__()
+        self.attention = EffzooAttention(config, mechanism_class, layer_idx)
+        self.router = SwitchRouter(config)
+        self.experts = nn.ModuleList([EffzooExpert(config) for _ in range(config.num_experts)])
+        self.output = EffzooMixtureOutput(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        past_key_values: Any = None,
+        **mechanism_inputs: Any,
+    ) -> tuple[torch.Tensor, ...]:
+        attention_output = self.attention(hidden_states, padding_mask, causal, past_key_values, **mechanism_inputs)
+        mixture, routing = self.mixture(attention_output, padding_mask)
+        return (self.output(mixture, attention_output), *routing)
+
+    def mixture(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None
+                ) -> tuple[torch.Tensor, Routing]:
+        """Route and run the experts: the gated sum of the chosen experts' outputs, zeros where none served."""
+        routing = self.router(hidden_states, padding_mask)
+        return dispatch(hidden_states, routing, self.experts), routing
+
+    def feed_forward_branch(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None
+                            ) -> tuple[torch.Tensor, Routing]:
+        """The mixture without residual and LayerNorm (with dropout), for the reversible layers."""
+        mixture, routing = self.mixture(hidden_states, padding_mask)
+        return self.output.dropout(mixture), routing

@@ -96,61 +96,43 @@ def ponder_loss(layer_losses: torch.Tensor, halting_probabilities: torch.Tensor,
 Readout = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def run_with_early_exit(
-    run_layer: Callable[[int, torch.Tensor, torch.Tensor | None, dict[str, Any]], torch.Tensor],
-    num_layers: int,
-    hidden_states: torch.Tensor,
-    padding_mask: torch.Tensor | None,
-    row_inputs: dict[str, Any],
-    readout: Readout,
-    halting: HaltingUnits,
-    *,
-    rows_per_example: int = 1,
-    threshold: float = 0.5,
-    sample: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the layers, each example until it halts; return its predictions, layers used and pₙ.
+class EarlyExit:
+    """The encoder's exit hook at inference: each example halts at its own layer and predicts there.
 
-    ``hidden_states`` has ``rows_per_example`` consecutive rows per example (the choices of a
-    multiple-choice question); ``row_inputs`` holds the mechanism's extra inputs, sliced with the
-    rows that keep running (tensors whose first dimension is the number of rows).
-    ``run_layer(index, hidden_states, padding_mask, row_inputs)`` runs one layer on the rows given.
-    Returns predictions (examples, …), layers used (examples,) and pₙ (examples, layers), zero
-    after the layer an example stopped at.
+    ``hidden_states`` carry ``rows_per_example`` consecutive rows per example (the choices of a
+    multiple-choice question). Called after each layer on the rows still running, it reads out the
+    predictions and halting features (``readout``), records pₙ, and lets go the examples that stop:
+    at the first layer whose cumulative halting probability passes ``threshold`` (with ``sample``: at
+    layer n with probability λₙ), and at the last layer. Afterwards ``predictions`` (examples, …),
+    ``layers_used`` (examples,) and ``probabilities`` pₙ (examples, layers; zero after the layer an
+    example stopped at) hold the result.
     """
-    rows = hidden_states.shape[0]
-    examples = rows // rows_per_example
-    device = hidden_states.device
-    active = torch.arange(examples, device=device)
-    survived = torch.ones(examples, device=device)  # ∏ₖ<ₙ (1 − λₖ) of the running examples
-    layers_used = torch.zeros(examples, dtype=torch.long, device=device)
-    probabilities = torch.zeros(examples, num_layers, device=device)
-    predictions = None
-    for index in range(num_layers):
-        hidden_states = run_layer(index, hidden_states, padding_mask, row_inputs)
-        layer_predictions, features = readout(hidden_states)
-        halt_probability = halting(index, features)
-        probabilities[active, index] = halt_probability * survived
-        if sample:
+
+    def __init__(self, readout: Readout, halting: HaltingUnits, examples: int, device: torch.device, *,
+                 rows_per_example: int = 1, threshold: float = 0.5, sample: bool = False) -> None:
+        self.readout, self.halting = readout, halting
+        self.rows_per_example, self.threshold, self.sample = rows_per_example, threshold, sample
+        self.active = torch.arange(examples, device=device)
+        self.survived = torch.ones(examples, device=device)  # ∏ₖ<ₙ (1 − λₖ) of the running examples
+        self.layers_used = torch.zeros(examples, dtype=torch.long, device=device)
+        self.probabilities = torch.zeros(examples, halting.num_layers, device=device)
+        self.predictions: torch.Tensor | None = None
+
+    def __call__(self, index: int, hidden_states: torch.Tensor) -> torch.Tensor:
+        """After layer ``index``: record the examples that stop; return the rows that go on."""
+        layer_predictions, features = self.readout(hidden_states)
+        halt_probability = self.halting(index, features)
+        self.probabilities[self.active, index] = halt_probability * self.survived
+        if self.sample:
             stop = torch.bernoulli(halt_probability).bool()
         else:
-            stop = 1.0 - survived * (1.0 - halt_probability) > threshold
-        if index == num_layers - 1:
+            stop = 1.0 - self.survived * (1.0 - halt_probability) > self.threshold
+        if index == self.halting.num_layers - 1:
             stop = torch.ones_like(stop)
-        if predictions is None:
-            predictions = layer_predictions.new_zeros(examples, *layer_predictions.shape[1:])
-        predictions[active[stop]] = layer_predictions[stop]
-        layers_used[active[stop]] = index + 1
+        if self.predictions is None:
+            self.predictions = layer_predictions.new_zeros(len(self.layers_used), *layer_predictions.shape[1:])
+        self.predictions[self.active[stop]] = layer_predictions[stop]
+        self.layers_used[self.active[stop]] = index + 1
         keep = ~stop
-        if not bool(keep.any()):
-            break
-        active, survived = active[keep], (survived * (1.0 - halt_probability))[keep]
-        keep_rows = keep.repeat_interleave(rows_per_example)
-        hidden_states = hidden_states[keep_rows]
-        padding_mask = padding_mask[keep_rows] if padding_mask is not None else None
-        row_inputs = {
-            name: value[keep_rows] if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == len(
-                keep_rows) else value
-            for name, value in row_inputs.items()
-        }
-    return predictions, layers_used, probabilities
+        self.active, self.survived = self.active[keep], (self.survived * (1.0 - halt_probability))[keep]
+        return keep.repeat_interleave(self.rows_per_example)

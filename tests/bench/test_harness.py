@@ -241,7 +241,8 @@ def test_a_whole_small_model_is_measured_with_the_model_flag(tmp_path):
 
 def test_backbone_options_reach_the_measured_layer():
     """``--set num_experts=…`` measures the backbone's mixture-of-experts layer, built by its own factory."""
-    from effzoo.modeling.backbone import EffzooLayer, EffzooMoELayer
+    from effzoo.modeling.layers import EffzooLayer
+    from effzoo.modeling.moe import EffzooMoELayer
 
     sizes = dict(length=16, hidden_size=32, num_attention_heads=2, intermediate_size=64)
     dense = get_implementation("full").build_layer(Task(**sizes))

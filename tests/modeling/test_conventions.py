@@ -151,6 +151,10 @@ def test_meta_device_initialisation_gives_a_working_model(name):
     with torch.device("meta"):
         model = get_variant(name).model_classes["AutoModelForMaskedLM"](tiny_config(name))
     model.to_empty(device="cpu")
+    with torch.no_grad():  # what to_empty leaves is arbitrary memory: make it NaN so that init must write it
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point():
+                tensor.fill_(float("nan"))
     model.init_weights()
     model.eval()
     for key, tensor in {**dict(model.named_parameters()), **dict(model.named_buffers())}.items():

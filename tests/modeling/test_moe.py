@@ -8,7 +8,7 @@ import transformers
 from transformers import AutoTokenizer, BertModel
 
 import effzoo
-from effzoo.modeling.backbone import EffzooMoELayer
+from effzoo.modeling.moe import EffzooMoELayer
 from effzoo.modeling.moe import load_balancing_loss, router_z_loss, within_capacity
 from tests.conftest import TINY, random_batch, save_tiny_checkpoint
 
