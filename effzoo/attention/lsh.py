@@ -1,0 +1,274 @@
+"""Angular LSH attention (Kitaev et al. 2020, Reformer, §2): attend only inside a hash bucket.
+
+A round hashes each vector x with a random rotation R: h(x) = argmax([xR ; −xR]) (Andoni et al.
+2015), so that vectors at a small angle share a bucket. The items of a round (the positions with
+shared query-key attention; the queries and the keys, 2L items, with separate ones) are sorted by
+(bucket, position) with a stable sort and cut into chunks of ``lsh_chunk_length`` queries; the
+queries of a chunk attend to the keys of their chunk, ``lsh_num_chunks_before`` chunks back and
+``lsh_num_chunks_after`` ahead that share their bucket (and with ``causal`` none after them). So
+query i attends key j in round r iff h_r(q_i) = h_r(k_j) and their chunks are near in round r's
+sorted order; the pattern of all rounds is the union, and softmax runs over it exactly: each
+round's scores of a pair are lowered by log(the number of rounds in which the pair meets), and
+the rounds are combined through their log-sum-exps (eq. 3-4 of the paper), so a key that a query
+meets in several rounds counts once.
+
+With ``shared_qk`` the keys are the normalised queries (the paper's shared-QK attention); a token
+then attends to itself only when nothing else is in its buckets. A real query that meets no key at
+all attends to its own position. Padded tokens hash into a bucket of their own, so they take no
+place in a real token's chunk.
+
+Memory is O(rounds · L · window), window = (before + 1 + after) · chunk: no L × L tensor. The
+rotations are a buffer drawn from the mechanism's own generator (``hash_seed``), fixed in
+evaluation (save → load gives the same outputs); each training forward draws new ones from a
+seed taken from torch's global generator, so ``set_seed`` reproduces a run and reversible layers
+or checkpointing, which restore that generator, redraw the same ones when they recompute.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .base import AttentionMechanism
+
+
+def lsh_buckets(vectors: torch.Tensor, rotations: torch.Tensor, factors: tuple[int, ...]) -> torch.Tensor:
+    """Angular LSH buckets (rounds, batch, heads, length) of (batch, heads, length, head_dim) vectors.
+
+    ``rotations`` is (head_dim, rounds, Σ factor / 2), Transformers' Reformer layout; with two
+    factors (a, b) the bucket is h_a + a · h_b, each half hashed with its own columns.
+    """
+    rotated = torch.einsum("bhld,drk->rbhlk", vectors.float(), rotations.float())
+    buckets, offset, product = None, 0, 1
+    for factor in factors:
+        half = rotated[..., offset : offset + factor // 2]
+        if factor == 1:  # a single bucket: no hashing, the exact limit
+            choice = torch.zeros(half.shape[:-1], dtype=torch.long, device=half.device)
+        else:
+            choice = torch.cat([half, -half], dim=-1).argmax(dim=-1)
+        buckets = choice if buckets is None else buckets + product * choice
+        offset, product = offset + factor // 2, product * factor
+    return buckets
+
+
+@dataclass
+class SortedRounds:
+    """Every round's items sorted by (bucket, position) and cut into chunks.
+
+    Items are the positions (shared query-key) or the L keys followed by the L queries, padded with
+    dummy items to whole chunks. Per round: the sorted items' positions, buckets and query/key flags
+    (rounds, batch, heads, items), and each position's slot in the sorted order as a query and as a
+    key (rounds, batch, heads, length).
+    """
+
+    order: torch.Tensor
+    position: torch.Tensor
+    bucket: torch.Tensor
+    is_query: torch.Tensor
+    is_key: torch.Tensor
+    query_slot: torch.Tensor
+    key_slot: torch.Tensor
+    chunk: int
+
+    @classmethod
+    def build(cls, query_buckets: torch.Tensor, key_buckets: torch.Tensor | None, real: torch.Tensor,
+              bucket_count: int, chunk: int) -> SortedRounds:
+        rounds, batch, heads, length = query_buckets.shape
+        device = query_buckets.device
+        positions = torch.arange(length, device=device)
+        real = real[None, :, None, :].expand_as(query_buckets)
+        padded_bucket = torch.full_like(query_buckets, bucket_count)  # padded tokens: a bucket of their own
+        if key_buckets is None:  # shared query-key: one item per position
+            bucket = torch.where(real, query_buckets, padded_bucket)
+            position, kind = positions.expand_as(bucket), torch.zeros_like(bucket)
+            is_query = is_key = real
+            query_item = key_item = positions
+        else:  # the keys, then the queries
+            bucket = torch.cat([torch.where(real, key_buckets, padded_bucket),
+                                torch.where(real, query_buckets, padded_bucket)], dim=-1)
+            position = torch.cat([positions, positions]).expand_as(bucket)
+            kind = torch.cat([torch.zeros_like(real), torch.ones_like(real)], dim=-1).long()
+            is_key = torch.cat([real, torch.zeros_like(real)], dim=-1)
+            is_query = torch.cat([torch.zeros_like(real), real], dim=-1)
+            key_item, query_item = positions, positions + length
+        items = bucket.shape[-1]
+        extra = -items % chunk
+        if extra:  # dummy items sort last and are neither queries nor keys
+            def pad(x: torch.Tensor, value: int | bool) -> torch.Tensor:
+                return F.pad(x, (0, extra), value=value)
+
+            bucket, position, kind = pad(bucket, bucket_count + 1), pad(position, 0), pad(kind, 0)
+            is_query, is_key = pad(is_query, False), pad(is_key, False)
+        sort_key = (bucket * (length + 1) + position) * 2 + kind
+        order = sort_key.argsort(dim=-1, stable=True)
+        slot_of_item = order.argsort(dim=-1)
+        return cls(
+            order=order, position=position.gather(-1, order), bucket=bucket.gather(-1, order),
+            is_query=is_query.gather(-1, order), is_key=is_key.gather(-1, order),
+            query_slot=slot_of_item[..., query_item], key_slot=slot_of_item[..., key_item], chunk=chunk,
+        )
+
+    def chunks(self, x: torch.Tensor) -> torch.Tensor:
+        """(rounds, batch, heads, items, …) -> (rounds, batch, heads, chunks, chunk, …)."""
+        return x.unflatten(3, (-1, self.chunk))
+
+
+def neighbour_chunks(x: torch.Tensor, before: int, after: int, fill: float | bool) -> torch.Tensor:
+    """For (…, chunks, chunk, …) chunked items, each chunk's window: chunks c − before … c + after
+    concatenated, (…, chunks, window, …); chunks past either end are ``fill`` (no wraparound)."""
+    if x.dtype == torch.bool:
+        return neighbour_chunks(x.to(torch.uint8), before, after, int(fill)).bool()
+    num_chunks = x.shape[3]
+    padded = F.pad(x.movedim(3, -1), (before, after), value=fill).movedim(-1, 3)
+    return torch.cat([padded[:, :, :, shift : shift + num_chunks] for shift in range(before + after + 1)], dim=4)
+
+
+class LSHAttention(AttentionMechanism):
+    """Reformer's LSH attention, multi-round, bidirectional or causal, shared or separate Q and K.
+
+    Config fields (``EffzooReformerConfig``): ``num_hashes``, ``num_buckets``, ``lsh_chunk_length``,
+    ``lsh_num_chunks_before``, ``lsh_num_chunks_after``, ``shared_qk``, ``hash_seed``.
+    """
+
+    supports_causal = True
+    conversion_init = "LSH rotations: drawn from hash_seed (a buffer, not a parameter)"
+
+    def __init__(self, config: Any, layer_idx: int = 0) -> None:
+        super().__init__(config, layer_idx)
+        self.num_hashes = config.num_hashes
+        self.bucket_factors = config.bucket_factors()
+        self.bucket_count = config.bucket_count
+        self.chunk_length = config.lsh_chunk_length
+        self.chunks_before = config.lsh_num_chunks_before
+        self.chunks_after = config.lsh_num_chunks_after
+        self.shared_qk = config.shared_qk
+        self.hash_seed = config.hash_seed
+        rotation_size = sum(factor // 2 for factor in self.bucket_factors)
+        self.register_buffer("rotations", torch.empty(config.head_dim, self.num_hashes, rotation_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the evaluation rotations from ``hash_seed`` (on the CPU, so every device gets the same)."""
+        self.rotations.copy_(self.draw_rotations(self.hash_seed))
+
+    def draw_rotations(self, seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randn(self.rotations.shape, generator=generator).to(self.rotations.device)
+
+    def current_rotations(self) -> torch.Tensor:
+        """The buffer in evaluation; in training new rotations from a seed drawn from torch's generator."""
+        if not self.training:
+            return self.rotations
+        return self.draw_rotations(int(torch.randint(0, 2**62, ())))
+
+    def buckets(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Query and key buckets (rounds, batch, heads, length) under the current rotations; None for
+        the keys with shared query-key attention (its keys are the queries)."""
+        rotations = self.current_rotations()
+        query_buckets = lsh_buckets(q, rotations, self.bucket_factors)
+        return query_buckets, None if self.shared_qk else lsh_buckets(k, rotations, self.bucket_factors)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        padding_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: Any = None,
+    ) -> torch.Tensor:
+        if cache is not None:
+            raise ValueError("Decoding with a cache is not available with LSH attention yet; call generate() with "
+                             "use_cache=False, or run the causal forward on the whole sequence.")
+        batch, _, length, _ = q.shape
+        if self.shared_qk:
+            k = F.normalize(q, dim=-1)  # keys are the normalised queries (shared-QK attention, §2)
+        real = padding_mask if padding_mask is not None else q.new_ones(batch, length, dtype=torch.bool)
+        query_buckets, key_buckets = self.buckets(q, k)
+        # A chunk holds lsh_chunk_length queries: with separate queries and keys, twice as many items.
+        chunk = self.chunk_length if self.shared_qk else 2 * self.chunk_length
+        rounds = SortedRounds.build(query_buckets, key_buckets, real, self.bucket_count, chunk)
+        contexts, log_normalisers = self._attend_rounds(q, k, v, rounds, causal)
+        return self._combine_rounds(contexts, log_normalisers, v, real)
+
+    def _items(self, x: torch.Tensor, rounds: SortedRounds, as_query: bool) -> torch.Tensor:
+        """(batch, heads, length, d) vectors laid out as the sorted items of every round, chunked."""
+        if not self.shared_qk:
+            zeros = torch.zeros_like(x)
+            x = torch.cat([zeros, x] if as_query else [x, zeros], dim=2)
+        extra = rounds.order.shape[-1] - x.shape[2]
+        x = F.pad(x, (0, 0, 0, extra))
+        index = rounds.order[..., None].expand(-1, -1, -1, -1, x.shape[-1])
+        return rounds.chunks(x[None].expand(index.shape[0], -1, -1, -1, -1).gather(3, index))
+
+    def _attend_rounds(self, q, k, v, rounds: SortedRounds, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each round's context and log-normaliser at every position: (rounds, batch, heads, length, d) and
+        (rounds, batch, heads, length), −inf where a query meets no key in that round."""
+        before, after = self.chunks_before, self.chunks_after
+        queries = self._items(q, rounds, as_query=True)
+        keys = neighbour_chunks(self._items(k, rounds, as_query=False), before, after, 0.0)
+        values = neighbour_chunks(self._items(v, rounds, as_query=False), before, after, 0.0)
+        compute = torch.promote_types(q.dtype, torch.float32)  # softmax in float32 at least
+        scores = torch.einsum("rbhcqd,rbhckd->rbhcqk", queries.to(compute), keys.to(compute)) / math.sqrt(q.shape[-1])
+
+        row_position, col_position = rounds.chunks(rounds.position), neighbour_chunks(
+            rounds.chunks(rounds.position), before, after, 0)
+        allowed = rounds.chunks(rounds.is_query)[..., :, None] & neighbour_chunks(
+            rounds.chunks(rounds.is_key), before, after, False)[..., None, :]
+        allowed &= rounds.chunks(rounds.bucket)[..., :, None] == neighbour_chunks(
+            rounds.chunks(rounds.bucket), before, after, -1)[..., None, :]
+        if causal:
+            allowed &= col_position[..., None, :] <= row_position[..., :, None]
+        if self.shared_qk:
+            allowed &= col_position[..., None, :] != row_position[..., :, None]
+        met = allowed.any(dim=-1)
+        # Rows that meet no key (padding, dummy items) get finite scores, so that no gradient is NaN.
+        scores = scores.masked_fill(~allowed & met[..., None], float("-inf")).masked_fill(~met[..., None], 0.0)
+        if self.num_hashes > 1:
+            scores = scores - self._meetings(rounds, row_position, col_position).to(compute).log()
+        log_normaliser = torch.logsumexp(scores, dim=-1)
+        weights = torch.exp(scores - log_normaliser[..., None]).masked_fill(~met[..., None], 0.0)
+        log_normaliser = log_normaliser.masked_fill(~met, float("-inf"))
+        weights = F.dropout(weights, p=self.attention_dropout(q), training=True) if self.training else weights
+        context = torch.einsum("rbhcqk,rbhckd->rbhcqd", weights.to(values.dtype), values)
+        slot = rounds.query_slot
+        context = context.flatten(3, 4).gather(3, slot[..., None].expand(-1, -1, -1, -1, q.shape[-1]))
+        return context, log_normaliser.flatten(3, 4).gather(3, slot)
+
+    def _meetings(self, rounds: SortedRounds, row_position: torch.Tensor, col_position: torch.Tensor) -> torch.Tensor:
+        """In how many rounds each (query, key) pair of each round's windows meets (≥ 1 where allowed)."""
+        query_chunk, key_chunk = rounds.query_slot // rounds.chunk, rounds.key_slot // rounds.chunk
+        query_bucket = rounds.bucket.gather(-1, rounds.query_slot)
+        key_bucket = rounds.bucket.gather(-1, rounds.key_slot)
+        rows = row_position.flatten(3)
+        cols = col_position.flatten(3)
+        count = torch.zeros(*row_position.shape, col_position.shape[-1], dtype=torch.int32, device=rows.device)
+        for other in range(self.num_hashes):
+            offset = (_lookup(key_chunk[other], cols, col_position.shape)[..., None, :]
+                      - _lookup(query_chunk[other], rows, row_position.shape)[..., :, None])
+            same_bucket = (_lookup(key_bucket[other], cols, col_position.shape)[..., None, :]
+                           == _lookup(query_bucket[other], rows, row_position.shape)[..., :, None])
+            count += same_bucket & (offset >= -self.chunks_before) & (offset <= self.chunks_after)
+        return count.clamp(min=1)
+
+    @staticmethod
+    def _combine_rounds(contexts: torch.Tensor, log_normalisers: torch.Tensor, v: torch.Tensor,
+                        real: torch.Tensor) -> torch.Tensor:
+        """Σ_r exp(lse_r − logsumexp_r lse_r) · context_r; a real query that met no key takes its own value."""
+        met = torch.isfinite(log_normalisers).any(dim=0)
+        log_normalisers = log_normalisers.masked_fill(~met, 0.0)  # finite, so that no gradient is NaN
+        share = torch.exp(log_normalisers - torch.logsumexp(log_normalisers, dim=0)).masked_fill(~met, 0.0)
+        context = (share[..., None] * contexts.to(share.dtype)).sum(0)
+        alone = ~met & real[:, None, :]
+        context = torch.where(alone[..., None], v.to(share.dtype), context)
+        return (context * real[:, None, :, None]).to(v.dtype)
+
+
+def _lookup(table: torch.Tensor, index: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``table`` (batch, heads, length) read at every round's ``index`` (rounds, batch, heads, n), as ``shape``."""
+    return table[None].expand(index.shape[0], -1, -1, -1).gather(-1, index).view(shape)

@@ -1,0 +1,200 @@
+"""LSH attention against exact softmax attention under its own pattern, written from the definition.
+
+The reference takes the mechanism's buckets of a forward, sorts each round's items by (bucket,
+position) in Python, cuts the chunks, and allows query i to see key j where they share a bucket and
+their chunks are near in some round; shared-QK drops a token's own key unless nothing else is
+allowed, and a query that sees nothing sees itself. Exact attention under that mask
+(``dense_reference_attention``) is what the mechanism must return.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from effzoo.attention.full import FullAttention
+from effzoo.attention.lsh import LSHAttention
+from effzoo.attention.reference import dense_reference_attention
+from effzoo.configs.reformer import EffzooReformerConfig
+
+TINY = dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=8,
+            max_position_embeddings=64, attention_probs_dropout_prob=0.0)
+
+
+def mechanism(**fields) -> LSHAttention:
+    fields = {"num_hashes": 3, "num_buckets": 4, "lsh_chunk_length": 3, "lsh_num_chunks_before": 1,
+              "lsh_num_chunks_after": 1, **fields}
+    return LSHAttention(EffzooReformerConfig(**TINY, **fields)).eval()
+
+
+def qkv(batch: int = 2, length: int = 19, dtype: torch.dtype = torch.float32):
+    generator = torch.Generator().manual_seed(4)
+    return [torch.randn(batch, 2, length, 8, generator=generator, dtype=dtype) for _ in range(3)]
+
+
+def padding_mask(batch: int, length: int, padding: str | None) -> torch.Tensor | None:
+    if padding is None:
+        return None
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    cut = [length - 5 * row for row in range(batch)]
+    for row, real in enumerate(cut):
+        mask[row] = torch.arange(length) < real if padding == "right" else torch.arange(length) >= length - real
+    return mask
+
+
+def reference_pattern(attention: LSHAttention, q, k, mask, causal) -> torch.Tensor:
+    """(batch, heads, L, L) allowed pairs, from the definition, with Python sorting."""
+    batch, heads, length, _ = q.shape
+    query_buckets, key_buckets = attention.buckets(q, k)
+    if key_buckets is None:
+        key_buckets = query_buckets
+    real = mask if mask is not None else torch.ones(batch, length, dtype=torch.bool)
+    per_chunk = attention.chunk_length if attention.shared_qk else 2 * attention.chunk_length
+    allowed = torch.zeros(batch, heads, length, length, dtype=torch.bool)
+    for r in range(attention.num_hashes):
+        for b in range(batch):
+            positions = [p for p in range(length) if real[b, p]]
+            for h in range(heads):
+                qb, kb = query_buckets[r, b, h].tolist(), key_buckets[r, b, h].tolist()
+                if attention.shared_qk:
+                    items = sorted((qb[p], p, "both") for p in positions)
+                else:
+                    items = sorted([(kb[p], p, 0) for p in positions] + [(qb[p], p, 1) for p in positions])
+                chunk_of = {(p, kind): slot // per_chunk for slot, (_, p, kind) in enumerate(items)}
+                query_chunk = {p: chunk_of[(p, "both" if attention.shared_qk else 1)] for p in positions}
+                key_chunk = {p: chunk_of[(p, "both" if attention.shared_qk else 0)] for p in positions}
+                for i in positions:
+                    for j in positions:
+                        near = -attention.chunks_before <= key_chunk[j] - query_chunk[i] <= attention.chunks_after
+                        if qb[i] == kb[j] and near and not (causal and j > i) and not (attention.shared_qk and i == j):
+                            allowed[b, h, i, j] = True
+    rows = torch.arange(length)
+    alone = ~allowed.any(-1) & real[:, None, :]
+    allowed[:, :, rows, rows] |= alone
+    return allowed
+
+
+def reference_output(attention: LSHAttention, q, k, v, mask, causal) -> torch.Tensor:
+    keys = F.normalize(q, dim=-1) if attention.shared_qk else k
+    return dense_reference_attention(q, keys, v, reference_pattern(attention, q, keys, mask, causal))
+
+
+@pytest.mark.parametrize("shared_qk", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padding", [None, "right", "left"])
+@pytest.mark.parametrize("num_hashes, num_buckets", [(1, 4), (3, 4), (2, [2, 4])])
+def test_lsh_equals_exact_attention_under_its_pattern(shared_qk, causal, padding, num_hashes, num_buckets, device):
+    attention = mechanism(shared_qk=shared_qk, num_hashes=num_hashes, num_buckets=num_buckets).to(device)
+    q, k, v = (x.to(device) for x in qkv())
+    mask = padding_mask(2, 19, padding)
+    mask = mask.to(device) if mask is not None else None
+    out = attention(q, k, v, padding_mask=mask, causal=causal)
+    expected = reference_output(attention.cpu(), q.cpu(), k.cpu(), v.cpu(), mask.cpu() if mask is not None else None,
+                                causal)
+    torch.testing.assert_close(out.cpu(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shared_qk", [False, True])
+def test_gradients_equal_the_reference(shared_qk):
+    attention = mechanism(shared_qk=shared_qk)
+    q, k, v = (x.double().requires_grad_() for x in qkv())
+    mask = padding_mask(2, 19, "right")
+    out = attention(q, k, v, padding_mask=mask, causal=False)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v), allow_unused=True)
+    keys = F.normalize(q, dim=-1) if shared_qk else k
+    allowed = reference_pattern(attention, q.detach(), keys.detach(), mask, False)
+    expected = dense_reference_attention(q, keys, v, allowed)
+    expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v), allow_unused=True)
+    for got, want in zip(grads, expected_grads):
+        if want is None:
+            assert got is None or not got.abs().max() > 0
+            continue
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_one_bucket_and_a_covering_chunk_equal_full_attention(causal):
+    attention = mechanism(num_hashes=2, num_buckets=1, lsh_chunk_length=32)
+    q, k, v = qkv()
+    mask = padding_mask(2, 19, "right")
+    full = FullAttention(EffzooReformerConfig(**TINY)).eval()
+    torch.testing.assert_close(attention(q, k, v, padding_mask=mask, causal=causal),
+                               full(q, k, v, padding_mask=mask, causal=causal), atol=1e-5, rtol=1e-5)
+
+
+def test_shared_qk_with_one_bucket_is_shared_qk_full_attention():
+    attention = mechanism(num_hashes=1, num_buckets=1, lsh_chunk_length=32, shared_qk=True)
+    q, _, v = qkv()
+    keys = F.normalize(q, dim=-1)
+    not_self = ~torch.eye(19, dtype=torch.bool)
+    torch.testing.assert_close(attention(q, q, v), dense_reference_attention(q, keys, v, not_self),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_padding_invariance(padding):
+    attention = mechanism()
+    q, k, v = qkv()
+    mask = padding_mask(2, 19, padding)
+    batched = attention(q, k, v, padding_mask=mask)
+    real = mask[1]
+    alone = attention(q[1:, :, real], k[1:, :, real], v[1:, :, real])
+    torch.testing.assert_close(batched[1][:, real], alone[0], atol=1e-5, rtol=1e-5)
+    assert batched[1][:, ~real].abs().max() == 0
+
+
+def test_eval_is_deterministic_and_survives_a_state_dict_round_trip():
+    attention = mechanism(hash_seed=7)
+    q, k, v = qkv()
+    first = attention(q, k, v)
+    assert torch.equal(first, attention(q, k, v))
+    generator = torch.Generator().manual_seed(7)  # the rotations Transformers' Reformer draws with hash_seed=7
+    assert torch.equal(attention.rotations, torch.randn(attention.rotations.shape, generator=generator))
+    again = mechanism(hash_seed=0)
+    again.load_state_dict(attention.state_dict())
+    assert torch.equal(again(q, k, v), first)
+    again.reset_parameters()  # meta-device init re-creates the buffer from its own seed
+    assert not torch.equal(again.rotations, attention.rotations)
+
+
+def test_training_redraws_the_rotations_reproducibly_without_reseeding_torch():
+    attention = mechanism().train()
+    q, k, v = qkv()
+    torch.manual_seed(11)
+    first = attention(q, k, v)
+    second = attention(q, k, v)
+    assert not torch.equal(first, second), "a training forward must draw new rotations"
+    torch.manual_seed(11)
+    assert torch.equal(attention(q, k, v), first), "set_seed must reproduce the rotations"
+    assert torch.initial_seed() == 11, "the mechanism must not reseed torch's global generator"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_close_to_float32(dtype):
+    attention = mechanism()
+    q, k, v = qkv()
+    out = attention.to(dtype)(q.to(dtype), k.to(dtype), v.to(dtype))
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), attention.float()(q, k, v), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("num_buckets", 3), ("num_buckets", [2, 3]), ("num_buckets", 0), ("num_buckets", [2, 2, 2]),
+    ("num_hashes", 0), ("lsh_chunk_length", 0), ("lsh_num_chunks_before", -1), ("shared_qk", "yes"),
+])
+def test_bad_settings_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        EffzooReformerConfig(**TINY, **{field: value})
+
+
+def test_default_bucket_count_follows_the_length_and_chunk():
+    assert EffzooReformerConfig(max_position_embeddings=512, lsh_chunk_length=64).bucket_count == 16
+    assert EffzooReformerConfig(max_position_embeddings=512, num_buckets=[4, 8]).bucket_count == 32
+
+
+def test_decoding_with_a_cache_is_refused_clearly():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="use_cache=False"):
+        mechanism()(q, k, v, causal=True, cache=object())
