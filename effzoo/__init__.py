@@ -113,6 +113,17 @@ from .modeling.axial import (
     AxialModel,
     AxialPreTrainedModel,
 )
+from .configs.reformer import EffzooReformerConfig
+from .modeling.reformer import (
+    EffzooReformerForCausalLM,
+    EffzooReformerForMaskedLM,
+    EffzooReformerForMultipleChoice,
+    EffzooReformerForQuestionAnswering,
+    EffzooReformerForSequenceClassification,
+    EffzooReformerForTokenClassification,
+    EffzooReformerModel,
+    EffzooReformerPreTrainedModel,
+)
 
 from .conversion import compare_with_source, convert
 from .variants import VARIANTS, get_variant, register_all
@@ -231,4 +242,13 @@ __all__ = [
     "AxialForTokenClassification",
     "AxialModel",
     "AxialPreTrainedModel",
+    "EffzooReformerConfig",
+    "EffzooReformerForCausalLM",
+    "EffzooReformerForMaskedLM",
+    "EffzooReformerForMultipleChoice",
+    "EffzooReformerForQuestionAnswering",
+    "EffzooReformerForSequenceClassification",
+    "EffzooReformerForTokenClassification",
+    "EffzooReformerModel",
+    "EffzooReformerPreTrainedModel",
 ]

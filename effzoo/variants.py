@@ -22,6 +22,7 @@ from .modeling import linear as linear_modeling
 from .modeling import local as local_modeling
 from .modeling import longformer as longformer_modeling
 from .modeling import performer as performer_modeling
+from .modeling import reformer as reformer_modeling
 from .modeling import sparse as sparse_modeling
 from .modeling.backbone import EffzooModel, EffzooPreTrainedModel
 from .modeling.heads import (
@@ -90,6 +91,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("bigbird", bigbird_modeling, "window, global and random blocks (bidirectional)"),
         Variant("sparse", sparse_modeling, "Sparse Transformer's strided or fixed factorized patterns"),
         Variant("axial", axial_modeling, "attention along the rows and the columns of a 2-D grid"),
+        Variant("reformer", reformer_modeling, "angular LSH: attend inside hash buckets, several rounds combined"),
     ]
 }
 

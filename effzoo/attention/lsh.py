@@ -135,6 +135,9 @@ class LSHAttention(AttentionMechanism):
     """
 
     supports_causal = True
+    no_attention_weights_reason = (
+        "LSH attention's weights are spread over its hash rounds and are not assembled into one tensor."
+    )
     conversion_init = "LSH rotations: drawn from hash_seed (a buffer, not a parameter)"
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
@@ -182,12 +185,13 @@ class LSHAttention(AttentionMechanism):
         causal: bool = False,
         cache: Any = None,
     ) -> torch.Tensor:
-        if cache is not None:
-            raise ValueError("Decoding with a cache is not available with LSH attention yet; call generate() with "
-                             "use_cache=False, or run the causal forward on the whole sequence.")
-        batch, _, length, _ = q.shape
         if self.shared_qk:
             k = F.normalize(q, dim=-1)  # keys are the normalised queries (shared-QK attention, §2)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
+        if q.shape[-2] != k.shape[-2]:
+            return self._attend_cached_keys(q, k, v, padding_mask, causal)
+        batch, _, length, _ = q.shape
         real = padding_mask if padding_mask is not None else q.new_ones(batch, length, dtype=torch.bool)
         query_buckets, key_buckets = self.buckets(q, k)
         # A chunk holds lsh_chunk_length queries: with separate queries and keys, twice as many items.
@@ -195,6 +199,32 @@ class LSHAttention(AttentionMechanism):
         rounds = SortedRounds.build(query_buckets, key_buckets, real, self.bucket_count, chunk)
         contexts, log_normalisers = self._attend_rounds(q, k, v, rounds, causal)
         return self._combine_rounds(contexts, log_normalisers, v, real)
+
+    def _attend_cached_keys(self, q, k, v, padding_mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        """Decoding: the new queries attend every cached key that shares a bucket with them in some round.
+
+        The chunks of the parallel forward depend on tokens not yet generated, so a step cannot cut
+        them; it attends the whole bucket instead, which is the parallel pattern whenever the chunk
+        window covers the sequence. The mask is (new tokens × cached tokens): one row per step.
+        """
+        query_length, key_length = q.shape[-2], k.shape[-2]
+        query_buckets, key_buckets = self.buckets(q, k)
+        if key_buckets is None:
+            key_buckets = self.buckets(k, k)[0]
+        allowed = (query_buckets[..., :, None] == key_buckets[..., None, :]).any(dim=0)
+        query_positions = torch.arange(key_length - query_length, key_length, device=q.device)
+        key_positions = torch.arange(key_length, device=q.device)
+        if causal:
+            allowed &= key_positions <= query_positions[:, None]
+        if self.shared_qk:
+            allowed &= key_positions != query_positions[:, None]
+        real_queries = None
+        if padding_mask is not None:
+            allowed &= padding_mask[:, None, None, :]
+            real_queries = padding_mask[:, key_length - query_length :]
+        allowed |= ~allowed.any(dim=-1, keepdim=True) & (key_positions == query_positions[:, None])  # alone: itself
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return context if real_queries is None else context * real_queries[:, None, :, None]
 
     def _items(self, x: torch.Tensor, rounds: SortedRounds, as_query: bool) -> torch.Tensor:
         """(batch, heads, length, d) vectors laid out as the sorted items of every round, chunked."""

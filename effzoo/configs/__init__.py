@@ -9,6 +9,7 @@ from .linear import LinearConfig
 from .local import LocalConfig
 from .longformer import EffzooLongformerConfig
 from .performer import PerformerConfig
+from .reformer import EffzooReformerConfig
 from .sparse import SparseConfig
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "LocalConfig",
     "EffzooLongformerConfig",
     "PerformerConfig",
+    "EffzooReformerConfig",
     "SparseConfig",
 ]

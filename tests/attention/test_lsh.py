@@ -194,7 +194,18 @@ def test_default_bucket_count_follows_the_length_and_chunk():
     assert EffzooReformerConfig(max_position_embeddings=512, num_buckets=[4, 8]).bucket_count == 32
 
 
-def test_decoding_with_a_cache_is_refused_clearly():
+@pytest.mark.parametrize("shared_qk", [False, True])
+def test_decoding_with_a_cache_equals_the_causal_forward_when_the_chunk_covers_the_input(shared_qk):
+    from transformers import DynamicCache
+
+    attention = mechanism(shared_qk=shared_qk, lsh_chunk_length=32)
     q, k, v = qkv()
-    with pytest.raises(ValueError, match="use_cache=False"):
-        mechanism()(q, k, v, causal=True, cache=object())
+    mask = padding_mask(2, 19, "left")
+    parallel = attention(q, k, v, padding_mask=mask, causal=True)
+    cache = DynamicCache()
+    steps = [attention(q[:, :, :7], k[:, :, :7], v[:, :, :7], padding_mask=mask[:, :7], causal=True, cache=cache)]
+    for position in range(7, 19):
+        step = slice(position, position + 1)
+        steps.append(attention(q[:, :, step], k[:, :, step], v[:, :, step], padding_mask=mask[:, : position + 1],
+                               causal=True, cache=cache))
+    torch.testing.assert_close(torch.cat(steps, dim=2), parallel, atol=1e-5, rtol=1e-5)
