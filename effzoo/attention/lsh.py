@@ -246,21 +246,23 @@ class LSHAttention(AttentionMechanism):
         compute = torch.promote_types(q.dtype, torch.float32)  # softmax in float32 at least
         scores = torch.einsum("rbhcqd,rbhckd->rbhcqk", queries.to(compute), keys.to(compute)) / math.sqrt(q.shape[-1])
 
-        row_position, col_position = rounds.chunks(rounds.position), neighbour_chunks(
-            rounds.chunks(rounds.position), before, after, 0)
-        allowed = rounds.chunks(rounds.is_query)[..., :, None] & neighbour_chunks(
-            rounds.chunks(rounds.is_key), before, after, False)[..., None, :]
-        allowed &= rounds.chunks(rounds.bucket)[..., :, None] == neighbour_chunks(
-            rounds.chunks(rounds.bucket), before, after, -1)[..., None, :]
+        positions = rounds.chunks(rounds.position.int())
+        row_position, col_position = positions, neighbour_chunks(positions, before, after, 0)
+        # Query rows and key columns meet where their buckets are equal: non-queries and non-keys get
+        # codes that equal nothing.
+        bucket = rounds.bucket.int()
+        row_code = rounds.chunks(torch.where(rounds.is_query, bucket, -2))
+        col_code = neighbour_chunks(rounds.chunks(torch.where(rounds.is_key, bucket, -1)), before, after, -1)
+        allowed = row_code[..., :, None] == col_code[..., None, :]
         if causal:
             allowed &= col_position[..., None, :] <= row_position[..., :, None]
         if self.shared_qk:
             allowed &= col_position[..., None, :] != row_position[..., :, None]
         met = allowed.any(dim=-1)
-        # Rows that meet no key (padding, dummy items) get finite scores, so that no gradient is NaN.
-        scores = scores.masked_fill(~allowed & met[..., None], float("-inf")).masked_fill(~met[..., None], 0.0)
+        # Rows that meet no key (padding, dummy items) keep finite scores, so that no gradient is NaN.
+        scores = scores.masked_fill(~(allowed | ~met[..., None]), float("-inf"))
         if self.num_hashes > 1:
-            scores = scores - self._meetings(rounds, row_position, col_position).to(compute).log()
+            scores = scores - self._meetings(rounds, row_position, col_position).to(compute).log_()
         log_normaliser = torch.logsumexp(scores, dim=-1)
         weights = torch.exp(scores - log_normaliser[..., None]).masked_fill(~met[..., None], 0.0)
         log_normaliser = log_normaliser.masked_fill(~met, float("-inf"))
@@ -272,18 +274,19 @@ class LSHAttention(AttentionMechanism):
 
     def _meetings(self, rounds: SortedRounds, row_position: torch.Tensor, col_position: torch.Tensor) -> torch.Tensor:
         """In how many rounds each (query, key) pair of each round's windows meets (≥ 1 where allowed)."""
-        query_chunk, key_chunk = rounds.query_slot // rounds.chunk, rounds.key_slot // rounds.chunk
-        query_bucket = rounds.bucket.gather(-1, rounds.query_slot)
-        key_bucket = rounds.bucket.gather(-1, rounds.key_slot)
-        rows = row_position.flatten(3)
-        cols = col_position.flatten(3)
+        # A pair meets in a round iff bucket · span + chunk of the key minus that of the query is in
+        # [−before, after]: span exceeds any chunk offset, so unequal buckets never land in the range.
+        span = rounds.order.shape[-1] // rounds.chunk + self.chunks_before + self.chunks_after + 1
+        sorted_code = rounds.bucket.int() * span + torch.arange(rounds.order.shape[-1], device=rounds.order.device,
+                                                                dtype=torch.int32) // rounds.chunk
+        query_code = sorted_code.gather(-1, rounds.query_slot)
+        key_code = sorted_code.gather(-1, rounds.key_slot)
+        rows, cols = row_position.long().flatten(3), col_position.long().flatten(3)
         count = torch.zeros(*row_position.shape, col_position.shape[-1], dtype=torch.int32, device=rows.device)
         for other in range(self.num_hashes):
-            offset = (_lookup(key_chunk[other], cols, col_position.shape)[..., None, :]
-                      - _lookup(query_chunk[other], rows, row_position.shape)[..., :, None])
-            same_bucket = (_lookup(key_bucket[other], cols, col_position.shape)[..., None, :]
-                           == _lookup(query_bucket[other], rows, row_position.shape)[..., :, None])
-            count += same_bucket & (offset >= -self.chunks_before) & (offset <= self.chunks_after)
+            offset = (_lookup(key_code[other], cols, col_position.shape)[..., None, :]
+                      - _lookup(query_code[other], rows, row_position.shape)[..., :, None])
+            count += (offset >= -self.chunks_before) & (offset <= self.chunks_after)
         return count.clamp(min=1)
 
     @staticmethod
