@@ -479,14 +479,19 @@ def _part_mask(part: Part, batch: _Batch, length: int, device: torch.device, wit
 def _part_blocks(q, k, v, part: Part, batch: _Batch, with_globals: bool, blocks: slice | None = None):
     """Blocked queries and the gathered keys and values of one part, or of its query blocks
     ``blocks`` only: (heads, batch·blocks, ..., dim)."""
-    tail = batch.global_tokens if with_globals else None
+    return (
+        _blocked_like(q, part, blocks),
+        _part_keys(k, part, batch, with_globals, blocks),
+        _part_keys(v, part, batch, with_globals, blocks),
+    )
+
+
+def _part_keys(x, part: Part, batch: _Batch, with_globals: bool, blocks: slice | None = None) -> torch.Tensor:
+    """The keys (or values) x that each query block of a part sees, its sources' then the global
+    ones: (heads, batch·blocks, keys, dim)."""
+    tail = batch.global_tokens.gather(x) if with_globals and batch.global_tokens is not None else None
     sources = part.keys if blocks is None else tuple(source.for_query_blocks(blocks) for source in part.keys)
-
-    def blocked(x: torch.Tensor) -> torch.Tensor:
-        """The keys (or values) of every source and the global ones: (heads, batch·blocks, keys, dim)."""
-        return gather_keys(x, sources, None if tail is None else tail.gather(x)).flatten(1, 2)
-
-    return _blocked_like(q, part, blocks), blocked(k), blocked(v)
+    return gather_keys(x, sources, tail).flatten(1, 2)
 
 
 def _part_inputs(q, k, v, part: Part, batch: _Batch, with_globals: bool):
@@ -754,6 +759,102 @@ def _attend_group_dense(q, k, v, group: HeadGroup, batch: _Batch) -> torch.Tenso
     return context if empty is None else context.masked_fill(empty, 0.0)
 
 
+def block_sparse_attention_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    groups: Sequence[HeadGroup],
+    *,
+    lengths: torch.Tensor,
+    global_tokens: GlobalTokens | None = None,
+    causal: bool = False,
+    global_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The softmax weights of :func:`block_sparse_attention` on its attended pairs only.
+
+    Same inputs (q, k (batch, heads, L, dim), packed, L the padded length). Returns ``indices``
+    (4, n): (batch, head, query, key) positions of every attended pair of a real query, and their
+    ``values`` (n,), the softmax weights (before dropout). Global rows (bidirectional) take
+    ``global_weights`` (batch, heads, g, L) where given (Longformer's own projections), else their
+    queries' softmax over every real key. Scores are formed a chunk of (heads, batch rows) at a
+    time on the gathered blocks, so memory is O(L · keys per query), as the output's is.
+    """
+    batch = _Batch(lengths=lengths.int(), global_tokens=global_tokens, causal=causal, dropout_p=0.0)
+    q, k = q.transpose(0, 1), k.transpose(0, 1)
+    entries = [_group_weights(_heads(q, g.heads), _heads(k, g.heads), g, batch) for g in groups]
+    if global_tokens is not None and not causal:
+        entries.append(_global_row_weights(q, k, batch, global_weights))
+    indices, values = zip(*entries, strict=True)
+    return torch.cat(indices, dim=1), torch.cat(values)
+
+
+def _group_weights(q, k, group: HeadGroup, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, values) of one head group's attended pairs, global rows left out (their weights
+    are :func:`_global_row_weights`'), from head-major q, k (heads, batch, L, dim)."""
+    length, device = q.shape[2], q.device
+    masks = [_part_mask(part, batch, length, device, with_globals=i == 0) for i, part in enumerate(group.parts)]
+    keys = [_part_key_positions(part, batch, i == 0) for i, part in enumerate(group.parts)]
+    kept_queries = torch.arange(length, device=device) < batch.lengths[:, None]  # (batch, L)
+    if batch.global_tokens is not None and not batch.causal:
+        kept_queries = kept_queries & ~batch.global_tokens.mask
+    indices, values = [], []
+    for chunk_heads, rows in _chunks(q, group.parts, batch)[0]:
+        sub_batch, num_rows = _batch_rows(batch, rows), rows.stop - rows.start
+        chunk_q, chunk_k = q[chunk_heads, rows], k[chunk_heads, rows]
+        scores, chunk_masks, lses = [], [], []
+        for i, part in enumerate(group.parts):
+            part = _chunk_of(part, chunk_heads, rows)
+            blocked_q = _blocked_like(chunk_q, part)
+            score = blocked_q @ _part_keys(chunk_k, part, sub_batch, i == 0).transpose(-1, -2)
+            mask = _chunk_mask(masks[i], chunk_heads, rows, None).expand_as(score)
+            score = (score / math.sqrt(q.shape[-1])).masked_fill(~mask, float("-inf"))
+            scores.append(score)
+            chunk_masks.append(mask)
+            lses.append(_unblock(torch.logsumexp(score, -1, keepdim=True), part, num_rows))
+        total = lses[0] if len(lses) == 1 else torch.logsumexp(torch.stack(lses), dim=0)
+        for part, score, mask, key_positions in zip(group.parts, scores, chunk_masks, keys, strict=True):
+            own_total = _blocked_like(total, part)
+            query_positions = part.query_positions(length, device)  # (blocks, block_size)
+            num_blocks = query_positions.shape[0]
+            kept = _blocked_like(kept_queries[None, rows, :, None], part)  # (1, rows·blocks, block_size, 1)
+            head, row_block, query, key = (mask & kept).nonzero(as_tuple=True)
+            row, block = row_block // num_blocks, row_block % num_blocks
+            positions = (key_positions[chunk_heads] if key_positions.shape[0] > 1 else key_positions)[:, rows]
+            key_position = positions[head if positions.shape[0] > 1 else 0, row, block, key]
+            indices.append(torch.stack([
+                rows.start + row, group.heads.start + chunk_heads.start + head,
+                query_positions[block, query], key_position,
+            ]))
+            values.append((score[head, row_block, query, key] - own_total[head, row_block, query, 0]).exp())
+    return torch.cat(indices, dim=1), torch.cat(values)
+
+
+def _part_key_positions(part: Part, batch: _Batch, with_globals: bool) -> torch.Tensor:
+    """(heads or 1, batch, blocks, keys): the position of every key :func:`_part_keys` gathers."""
+    batch_size = batch.lengths.shape[0]
+    positions = [source.positions() for source in part.keys]
+    if with_globals and batch.global_tokens is not None:
+        num_blocks = positions[0].shape[2]
+        positions.append(batch.global_tokens.positions[None, :, None].expand(1, -1, num_blocks, -1))
+    heads = max(p.shape[0] for p in positions)
+    return torch.cat([p.expand(heads, batch_size, *p.shape[2:]) for p in positions], dim=-1)
+
+
+def _global_row_weights(q, k, batch: _Batch, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, values) of the global rows: each global query over every real key, O(g·L).
+
+    ``weights`` (batch, heads, g, L) are given by a pattern with projections of its own; else they
+    are the softmax of the global queries of head-major q, k (heads, batch, L, dim).
+    """
+    tokens = batch.global_tokens
+    real = torch.arange(k.shape[2], device=k.device) < batch.lengths[:, None]  # (batch, L)
+    if weights is None:
+        scores = tokens.gather(q) @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        weights = scores.masked_fill(~real[None, :, None], float("-inf")).softmax(-1).transpose(0, 1)
+    kept = (tokens.valid[:, None, :, None] & real[:, None, None, :]).expand_as(weights)
+    row, head, token, key = kept.nonzero(as_tuple=True)
+    return torch.stack([row, head, tokens.positions[row, token], key]), weights[row, head, token, key]
+
+
 # --------------------------------------------------------------------------------------------
 # The mechanism base class
 # --------------------------------------------------------------------------------------------
@@ -767,9 +868,17 @@ class BlockSparseAttention(AttentionMechanism):
     Config fields every pattern reads: ``global_special_tokens`` (default True) and
     ``dense_attention_below`` (default :data:`DENSE_ATTENTION_BELOW`). Extra forward input:
     ``global_attention_mask`` (batch, L), 1 for global tokens (Longformer's convention).
+
+    Attention weights (``output_attentions=True``) are ``"sparse"``: a coalesced
+    ``torch.sparse_coo_tensor`` of shape (batch, heads, L, L) whose stored entries are exactly the
+    (query, key) pairs the forward attended (window, random blocks as drawn in that forward, global
+    rows and columns) and whose values are their softmax weights; padded queries have none. They
+    are formed per chunk of the gathered blocks, never as an L×L tensor, and are the weights before
+    attention dropout (in training, dropout's mask is not in them). Decoding with a cache has none.
     """
 
     supports_causal = True
+    attention_weights_layout = "sparse"
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__(config, layer_idx)
@@ -824,9 +933,11 @@ class BlockSparseAttention(AttentionMechanism):
         padding_mask: torch.Tensor | None = None,
         causal: bool = False,
         cache: Any = None,
+        output_attentions: bool = False,
         global_attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self.attend(q, k, v, padding_mask, causal, cache, global_attention_mask)
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return self.attend(q, k, v, padding_mask, causal, cache, global_attention_mask,
+                           output_attentions=output_attentions)
 
     def attend(
         self,
@@ -838,19 +949,31 @@ class BlockSparseAttention(AttentionMechanism):
         cache: Any,
         global_attention_mask: torch.Tensor | None,
         global_attention: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """The forward of every pattern.
+        global_attention_weights: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        output_attentions: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The forward of every pattern: the context, and with ``output_attentions`` the sparse weights.
 
         ``global_attention(rows)`` gives the context of the global tokens at ``rows`` (batch, g,
         positions in the input's order), (batch, heads, g, head_dim), for a pattern whose global
-        queries attend every real key in their own way (Longformer's projections). It is called
-        only when there are global rows and the attention is bidirectional.
+        queries attend every real key in their own way (Longformer's projections), and
+        ``global_attention_weights(rows)`` their weights (batch, heads, g, L) over the keys in the
+        input's order. They are called only when there are global rows and the attention is
+        bidirectional.
         """
         self.check_causal(causal)
         self.check_global_attention_mask(global_attention_mask, q, causal)
         if cache is not None:
+            if output_attentions:
+                raise ValueError(
+                    f"output_attentions is not available while decoding with {type(self).__name__}; "
+                    "call without a cache (past_key_values=None, use_cache=False) to get the weights."
+                )
             return self._attend_with_cache(q, k, v, padding_mask, causal, cache)
-        return self._attend_parallel(q, k, v, padding_mask, causal, global_attention_mask, global_attention)
+        return self._attend_parallel(
+            q, k, v, padding_mask, causal, global_attention_mask, global_attention,
+            global_attention_weights if output_attentions else None, output_attentions,
+        )
 
     def check_causal(self, causal: bool) -> None:
         """Refuse causal attention where the pattern is bidirectional only."""
@@ -876,7 +999,10 @@ class BlockSparseAttention(AttentionMechanism):
                 "future. Drop it (the first token is already an attention sink) or use a bidirectional model."
             )
 
-    def _attend_parallel(self, q, k, v, padding_mask, causal, global_attention_mask, global_attention):
+    def _attend_parallel(
+        self, q, k, v, padding_mask, causal, global_attention_mask, global_attention,
+        global_attention_weights=None, output_attentions=False,
+    ):
         batch_size, _, length, _ = q.shape
         if padding_mask is None:
             lengths = torch.full((batch_size,), length, dtype=torch.long, device=q.device)
@@ -899,13 +1025,14 @@ class BlockSparseAttention(AttentionMechanism):
             return x if padded_length == length else F.pad(x, (0, 0, 0, padded_length - length))
 
         global_tokens = GlobalTokens.from_mask(global_mask)
-        global_context = None
+        global_context = global_rows = None
         if global_attention is not None and global_tokens is not None and not causal:
-            rows = global_tokens.positions if order is None else order.gather(1, global_tokens.positions)
-            global_context = global_attention(rows)
+            global_rows = global_tokens.positions if order is None else order.gather(1, global_tokens.positions)
+            global_context = global_attention(global_rows)
+        groups = self.head_groups(padded_length, lengths, causal, q.shape[1])
+        q, k, v = prepare(q), prepare(k), prepare(v)
         context = block_sparse_attention(
-            prepare(q), prepare(k), prepare(v),
-            self.head_groups(padded_length, lengths, causal, q.shape[1]),
+            q, k, v, groups,
             lengths=lengths,
             global_tokens=global_tokens,
             causal=causal,
@@ -915,11 +1042,27 @@ class BlockSparseAttention(AttentionMechanism):
             flex=self._use_flex(padded_length, q, k, v),
         )
         context = context if padded_length == length else context[:, :, :length]
-        if padding_mask is None:
+        if padding_mask is not None:
+            real = torch.arange(length, device=q.device) < lengths[:, None]
+            context = context.masked_fill(~real[:, None, :, None], 0.0)
+            context = context if order is None else scatter_positions(context, order)
+        if not output_attentions:
             return context
-        real = torch.arange(length, device=q.device) < lengths[:, None]
-        context = context.masked_fill(~real[:, None, :, None], 0.0)
-        return context if order is None else scatter_positions(context, order)
+        global_weights = None
+        if global_attention_weights is not None and global_rows is not None:
+            global_weights = global_attention_weights(global_rows)
+            if order is not None:  # keys in the packed order, as the engine's
+                global_weights = global_weights.gather(-1, order[:, None, None, :].expand_as(global_weights))
+            global_weights = F.pad(global_weights, (0, padded_length - length))
+        indices, values = block_sparse_attention_weights(
+            q, k, groups, lengths=lengths, global_tokens=global_tokens, causal=causal, global_weights=global_weights,
+        )
+        if order is not None:  # packed positions back to the input's
+            indices = torch.stack([indices[0], indices[1], order[indices[0], indices[2]], order[indices[0], indices[3]]])
+        weights = torch.sparse_coo_tensor(
+            indices, values.to(q.dtype), (q.shape[0], q.shape[1], length, length), check_invariants=False
+        )
+        return context, weights.coalesce()
 
     def _use_flex(self, padded_length: int, *inputs: torch.Tensor) -> bool:
         """Inference (no gradient, no dropout) at a length from ``flex_attention_from``."""

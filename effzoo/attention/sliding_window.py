@@ -137,13 +137,18 @@ class SlidingWindowAttention(BlockSparseAttention):
         padding_mask: torch.Tensor | None = None,
         causal: bool = False,
         cache: Any = None,
+        output_attentions: bool = False,
         global_attention_mask: torch.Tensor | None = None,
         hidden_states: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         def global_attention(rows: torch.Tensor) -> torch.Tensor:
             return self.global_attention(hidden_states, rows, padding_mask, q.shape[1]).to(q.dtype)
 
-        return self.attend(q, k, v, padding_mask, causal, cache, global_attention_mask, global_attention)
+        def global_attention_weights(rows: torch.Tensor) -> torch.Tensor:
+            return self.global_attention_weights(hidden_states, rows, padding_mask, q.shape[1]).to(q.dtype)
+
+        return self.attend(q, k, v, padding_mask, causal, cache, global_attention_mask, global_attention,
+                           global_attention_weights, output_attentions)
 
     def global_attention(
         self, hidden_states: torch.Tensor | None, rows: torch.Tensor, padding_mask: torch.Tensor | None, num_heads: int
@@ -156,6 +161,36 @@ class SlidingWindowAttention(BlockSparseAttention):
         q·(W_k h + b_k) = (W'_kᵀ q)·h' and Σ_j p_j (W_v h_j + b_v) = W'_v (Σ_j p_j h'_j). That is
         O(g · L · hidden) instead of O(L · hidden²), and exact (dropout on p included).
         """
+        folded, tokens, real = self._folded_global_queries(hidden_states, rows, padding_mask, num_heads)
+        batch, _, num_global, width = folded.shape
+        mixed = F.scaled_dot_product_attention(
+            folded.reshape(batch, 1, num_heads * num_global, width), tokens, tokens,
+            attn_mask=real[:, None, None, :], dropout_p=self.attention_dropout(tokens),
+            scale=(hidden_states.shape[-1] // num_heads) ** -0.5,
+        ).view(batch, num_heads, num_global, width)
+        return torch.einsum("bhgk,hdk->bhgd", mixed, self._per_head_with_bias(self.value_global, num_heads).to(mixed.dtype))
+
+    def global_attention_weights(
+        self, hidden_states: torch.Tensor | None, rows: torch.Tensor, padding_mask: torch.Tensor | None, num_heads: int
+    ) -> torch.Tensor:
+        """The softmax weights of the global tokens at ``rows`` over every token: (batch, heads, g, L),
+        zero on padding; those of :meth:`global_attention` before dropout, from the same folded queries."""
+        folded, tokens, real = self._folded_global_queries(hidden_states, rows, padding_mask, num_heads)
+        scores = folded @ tokens.transpose(-1, -2) * (hidden_states.shape[-1] // num_heads) ** -0.5
+        return scores.masked_fill(~real[:, None, None, :], float("-inf")).softmax(-1)
+
+    @staticmethod
+    def _per_head_with_bias(linear: nn.Linear, num_heads: int) -> torch.Tensor:
+        """W' = [W, b] split by head: (heads, head_dim, hidden + 1)."""
+        hidden = linear.weight.shape[1]
+        return torch.cat([linear.weight, linear.bias[:, None]], dim=1).view(num_heads, -1, hidden + 1)
+
+    def _folded_global_queries(
+        self, hidden_states: torch.Tensor | None, rows: torch.Tensor, padding_mask: torch.Tensor | None, num_heads: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The global queries folded with ``key_global`` (batch, heads, g, hidden + 1), the tokens h'
+        they score (batch, 1, L, hidden + 1), and which tokens are real (batch, L; all of them for
+        an empty sequence, so that its rows stay finite)."""
         if hidden_states is None:
             raise ValueError(
                 "SlidingWindowAttention needs hidden_states (the layer input, batch × L × hidden) for its global "
@@ -163,21 +198,11 @@ class SlidingWindowAttention(BlockSparseAttention):
                 "global_attention_mask."
             )
         batch, length, hidden = hidden_states.shape
-        head_dim, num_global = hidden // num_heads, rows.shape[1]
-
-        def per_head_with_bias(linear: nn.Linear) -> torch.Tensor:
-            """W' = [W, b] split by head: (heads, head_dim, hidden + 1)."""
-            return torch.cat([linear.weight, linear.bias[:, None]], dim=1).view(num_heads, head_dim, hidden + 1)
-
         global_hidden = hidden_states.gather(1, rows[:, :, None].expand(-1, -1, hidden))
-        queries = self.query_global(global_hidden).view(batch, num_global, num_heads, head_dim)
-        folded = torch.einsum("bghd,hdk->bhgk", queries, per_head_with_bias(self.key_global).to(queries.dtype))
+        queries = self.query_global(global_hidden).view(batch, rows.shape[1], num_heads, hidden // num_heads)
+        key_global = self._per_head_with_bias(self.key_global, num_heads).to(queries.dtype)
+        folded = torch.einsum("bghd,hdk->bhgk", queries, key_global)
         tokens = torch.cat([hidden_states, hidden_states.new_ones(batch, length, 1)], dim=-1)[:, None]
         real = torch.ones(batch, length, dtype=torch.bool, device=rows.device) if padding_mask is None else padding_mask
-        real = real | ~real.any(-1, keepdim=True)  # finite rows for empty sequences
-        mixed = F.scaled_dot_product_attention(
-            folded.reshape(batch, 1, num_heads * num_global, hidden + 1).to(tokens.dtype), tokens, tokens,
-            attn_mask=real[:, None, None, :], dropout_p=self.attention_dropout(tokens),
-            scale=head_dim**-0.5,
-        ).view(batch, num_heads, num_global, hidden + 1)
-        return torch.einsum("bhgk,hdk->bhgd", mixed, per_head_with_bias(self.value_global).to(mixed.dtype))
+        real = real | ~real.any(-1, keepdim=True)
+        return folded.to(tokens.dtype), tokens, real
