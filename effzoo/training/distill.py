@@ -72,28 +72,15 @@ class DistillConfig:
     #: of the time budget when there is one (measured in wall time); "constant": it holds.
     schedule: str = "linear"
     trainable: str = "all"
-    #: The mechanism's own parameters (Hedgehog's feature maps) at this rate, the rest at
-    #: ``learning_rate``: new parameters need a far larger step than pretrained ones.
+    #: The mechanism's own parameters (Hedgehog's feature maps) at this rate; see docs/fidelity.md.
     mechanism_learning_rate: float | None = None
     hidden_weight: float = 1.0
     attention_weight: float = 1.0
-    #: Weight of 1 − cosine between the two models' mean-pooled last hidden states (0: layers only).
-    #: For a student that starts close to its teacher (the sparse patterns) layer matching alone
-    #: can lower the sentence cosine while it lowers its own loss; 10 moved ``axial`` from 0.93 to
-    #: 0.97 in 3 minutes. For one that starts far (Hedgehog at 0.50) it took steps from the layer
-    #: terms: 0.959 in 15 minutes against 0.976 without.
+    #: Weight of 1 − cosine of the mean-pooled sentence embeddings (0: layers only); see docs/fidelity.md.
     sentence_weight: float = 0.0
-    #: Attention transfer (the first stage of LoLCATs, Zhang et al. 2025): every student layer's
-    #: attention takes the teacher's input to that layer, and only the attention outputs are matched.
-    #: Layers then learn independently (an error in one does not reach the next) and a step is cheaper;
-    #: the hidden-state and sentence terms need the student's own forward and do not apply. Hedgehog's
-    #: feature maps trained so for 1.5 minutes, then the whole model end to end for 13.5, reach 0.979
-    #: sentence cosine against 0.976 end to end alone.
+    #: Attention transfer (LoLCATs' first stage): each layer takes the teacher's input; see docs/fidelity.md.
     teacher_forced: bool = False
-    #: The training forwards of student and teacher under bfloat16 autocast (weights, optimizer,
-    #: backward and the fidelity measurements stay float32). On a CPU with AVX-512 BF16 a Hedgehog
-    #: MiniLM step at 256 tokens takes half the time: the two-stage recovery above makes 2,318 steps
-    #: in 15 minutes instead of 1,378 and reaches 0.982. Elsewhere bf16 can be slower than float32.
+    #: Training forwards under bfloat16 autocast, weights and measurements float32; see docs/fidelity.md.
     bf16: bool = False
     eval_texts: int = 64
     #: Every ``select_every`` steps the student's fidelity on ``selection_texts`` held-out texts
