@@ -24,21 +24,14 @@ from .blocksparse import (
     residue_order,
     round_up,
 )
-from .checks import one_of, positive_int
-
-
-def default_axial_shape(max_positions: int) -> tuple[int, int]:
-    """A grid of at least ``max_positions`` cells, columns a power of two near √max_positions."""
-    columns = 2 ** math.ceil(math.log2(math.sqrt(max_positions)))
-    return math.ceil(max_positions / columns), columns
 
 
 class AxialAttention(BlockSparseAttention):
     """Half the heads along the rows of an ``axial_shape`` grid, half along its columns.
 
-    Config fields: ``axial_shape`` ((rows, columns); default :func:`default_axial_shape` of
-    ``max_position_embeddings``, 512 if absent), ``axial_heads`` ("split", which needs two heads or
-    more, or "merged"), plus the engine's ``global_special_tokens`` and ``dense_attention_below``.
+    Config (``AxialConfig``, which holds the defaults and checks): its ``grid_shape`` ((rows,
+    columns), from ``axial_shape`` or ``max_position_embeddings``), ``axial_heads`` ("split", which
+    needs two heads or more, or "merged"), plus the engine's fields.
     Extra forward input: ``global_attention_mask``. Decoding keeps every token (a column reaches
     back to the start).
     """
@@ -47,22 +40,8 @@ class AxialAttention(BlockSparseAttention):
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__(config, layer_idx)
-        shape = getattr(config, "axial_shape", None)
-        if shape is None:
-            shape = default_axial_shape(getattr(config, "max_position_embeddings", 512))
-        if not isinstance(shape, (list, tuple)) or len(shape) != 2:
-            raise ValueError(
-                f"axial_shape must be a pair (rows, columns), got {shape!r}; e.g. (32, 64) for 2,048 tokens."
-            )
-        fix = "Give a pair of positive ints (rows, columns) whose product covers the longest input."
-        self.rows, self.columns = (positive_int("axial_shape", size, fix) for size in shape)
-        self.merged = one_of("axial_heads", getattr(config, "axial_heads", "split"), ("split", "merged")) == "merged"
-        heads = getattr(config, "num_attention_heads", 2)
-        if heads < 2 and not self.merged:
-            raise ValueError(
-                "axial attention gives half the heads to rows and half to columns, but num_attention_heads is "
-                f"{heads}; use two heads or more, or axial_heads='merged'."
-            )
+        self.rows, self.columns = config.grid_shape
+        self.merged = config.axial_heads == "merged"
 
     def padded_length(self, length: int) -> int:
         if length > self.rows * self.columns:

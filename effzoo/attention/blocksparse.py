@@ -32,15 +32,9 @@ from transformers.cache_utils import Cache
 
 from .base import AttentionMechanism
 from .checks import non_negative_int
-from .flex import FLEX_ATTENTION_FROM, attend_group_flex, supports_flex
+from .flex import attend_group_flex, supports_flex
 from .kv_cache import GrowingKeyValueLayer, SinkSlidingWindowLayer
 from .masking import gather_positions, real_tokens_first_order, scatter_positions
-
-#: Padded lengths below this use one dense SDPA with the pattern as a mask, where a config does not
-#: say (config field ``dense_attention_below``; the windowed patterns set 1,024). The dense path
-#: costs O(L²) memory: measured on MiniLM, batch 8 at 900 tokens, it was 1.7x slower and took 2.2x
-#: the memory of the block path, so it is only for short inputs.
-DENSE_ATTENTION_BELOW = 0
 
 #: ``allowed(query_position, key_position) -> bool``, broadcasting, on real-token positions.
 Predicate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -863,10 +857,13 @@ def _global_row_weights(q, k, batch: _Batch, weights: torch.Tensor | None) -> tu
 class BlockSparseAttention(AttentionMechanism):
     """Base of every sparse pattern: padding, global tokens, caches and the dense fallback.
 
-    A subclass reads and checks its config fields and gives its layout: :meth:`padded_length`,
-    :meth:`head_groups` and, optionally, :meth:`pattern_global_tokens` and :meth:`cache_window`.
-    Config fields every pattern reads: ``global_special_tokens`` (default True) and
-    ``dense_attention_below`` (default :data:`DENSE_ATTENTION_BELOW`). Extra forward input:
+    A subclass reads its config fields (the config holds their defaults and checks) and gives its
+    layout: :meth:`padded_length`, :meth:`head_groups` and, optionally,
+    :meth:`pattern_global_tokens` and :meth:`cache_window`. Config fields every pattern reads
+    (``BlockSparseConfig``): ``global_special_tokens``, ``dense_attention_below`` (padded lengths
+    below it run one dense SDPA with the pattern as a mask: O(L²) memory; measured on MiniLM, batch
+    8 at 900 tokens, 1.7x slower and 2.2x the memory of the block path, so only for short inputs)
+    and ``flex_attention_from`` (see ``flex.py``). Extra forward input:
     ``global_attention_mask`` (batch, L), 1 for global tokens (Longformer's convention).
 
     Attention weights (``output_attentions=True``) are ``"sparse"``: a coalesced
@@ -882,14 +879,13 @@ class BlockSparseAttention(AttentionMechanism):
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__(config, layer_idx)
-        self.global_special_tokens = bool(getattr(config, "global_special_tokens", True))
+        self.global_special_tokens = bool(config.global_special_tokens)
         self.dense_attention_below = non_negative_int(
-            "dense_attention_below", getattr(config, "dense_attention_below", DENSE_ATTENTION_BELOW),
-            "Use 0 to always take the block-sparse path.",
+            "dense_attention_below", config.dense_attention_below, "Use 0 to always take the block-sparse path."
         )
-        flex_from = getattr(config, "flex_attention_from", FLEX_ATTENTION_FROM)
-        self.flex_attention_from = None if flex_from is None else non_negative_int(
-            "flex_attention_from", flex_from, "Use None to never take the compiled flex attention path.",
+        self.flex_attention_from = None if config.flex_attention_from is None else non_negative_int(
+            "flex_attention_from", config.flex_attention_from,
+            "Use None to never take the compiled flex attention path.",
         )
 
     # -- the layout, given by each pattern ---------------------------------------------------

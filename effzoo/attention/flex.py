@@ -24,12 +24,11 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-#: The config field ``flex_attention_from``: padded lengths from this use compiled flex attention
-#: in inference; None: never. Off by default: on CPU (torch 2.13, one BERT-base layer, forward,
-#: batch 1, 4K-16K tokens) flex was 1.4-1.5x faster than block-gather for BigBird's layout (whose
-#: config turns it on from 4,096 tokens) but 1.4-2.1x slower for the local and sliding windows,
-#: and each new length costs a compile of about 10 s.
-FLEX_ATTENTION_FROM = None
+# The config field ``flex_attention_from``: padded lengths from it use compiled flex attention in
+# inference; None: never. Off by default: on CPU (torch 2.13, one BERT-base layer, forward,
+# batch 1, 4K-16K tokens) flex was 1.4-1.5x faster than block-gather for BigBird's layout (whose
+# config turns it on from 4,096 tokens) but 1.4-2.1x slower for the local and sliding windows,
+# and each new length costs a compile of about 10 s.
 
 
 @functools.cache

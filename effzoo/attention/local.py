@@ -19,28 +19,13 @@ from .blocksparse import (
     Part,
     round_up,
 )
-from .checks import non_negative_int, positive_int
-
-
-def _local_fields(config: Any) -> tuple[int, int, int]:
-    """``block_size`` (default 128), ``num_blocks_before`` (1), ``num_blocks_after`` (1), checked."""
-    block_size = positive_int(
-        "block_size", getattr(config, "block_size", 128), "Choose the block length in tokens, e.g. 128."
-    )
-    before = non_negative_int(
-        "num_blocks_before", getattr(config, "num_blocks_before", 1), "Give how many blocks back a block sees."
-    )
-    after = non_negative_int(
-        "num_blocks_after", getattr(config, "num_blocks_after", 1), "Give how many blocks ahead a block sees."
-    )
-    return block_size, before, after
 
 
 class LocalAttention(BlockSparseAttention):
     """Query block b attends key blocks b - num_blocks_before … b + num_blocks_after; bidirectional or causal.
 
-    Config fields: ``block_size`` (128), ``num_blocks_before`` (1), ``num_blocks_after`` (1, unused
-    when causal), plus the engine's ``global_special_tokens`` and ``dense_attention_below``.
+    Config (``LocalConfig``, which holds the defaults and checks): ``block_size``,
+    ``num_blocks_before``, ``num_blocks_after`` (unused when causal), plus the engine's fields.
     Decoding keeps (num_blocks_before + 1) · block_size tokens and the sink per layer.
     """
 
@@ -48,7 +33,9 @@ class LocalAttention(BlockSparseAttention):
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__(config, layer_idx)
-        self.block_size, self.num_blocks_before, self.num_blocks_after = _local_fields(config)
+        self.block_size = config.block_size
+        self.num_blocks_before = config.num_blocks_before
+        self.num_blocks_after = config.num_blocks_after
 
     def padded_length(self, length: int) -> int:
         return round_up(length, self.block_size)
@@ -72,5 +59,4 @@ class LocalAttention(BlockSparseAttention):
 
     @classmethod
     def cache_window(cls, config: Any, layer_idx: int) -> int:
-        block_size, before, _ = _local_fields(config)
-        return (before + 1) * block_size
+        return (config.num_blocks_before + 1) * config.block_size

@@ -24,7 +24,6 @@ from .blocksparse import (
     Part,
     round_up,
 )
-from .checks import non_negative_int, positive_int
 
 _MODULUS = 2**31 - 1  # a prime: products of two residues fit in int64
 
@@ -51,8 +50,8 @@ def block_scores(seed: int, num_heads: int, num_blocks: int, device: torch.devic
 class RandomBlocksAttention(BlockSparseAttention):
     """BigBird ITC: window of 3 blocks, random blocks, first and last blocks global.
 
-    Config fields: ``block_size`` (64), ``num_random_blocks`` (3), plus the engine's
-    ``global_special_tokens`` and ``dense_attention_below``. Extra forward input:
+    Config (``EffzooBigBirdConfig``, which holds the defaults and checks): ``block_size``,
+    ``num_random_blocks``, plus the engine's fields. Extra forward input:
     ``global_attention_mask``. Bidirectional only: a causal config or call raises.
     """
 
@@ -60,17 +59,13 @@ class RandomBlocksAttention(BlockSparseAttention):
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__(config, layer_idx)
-        if getattr(config, "is_decoder", False):
+        if config.is_decoder:
             raise ValueError(
                 "BigBird's random blocks are bidirectional: is_decoder=True (a causal model) is not supported. "
                 "Set is_decoder=False, or use local, longformer or sparse attention for a causal LM."
             )
-        self.block_size = positive_int(
-            "block_size", getattr(config, "block_size", 64), "Choose the block length in tokens, e.g. 64."
-        )
-        self.num_random_blocks = non_negative_int(
-            "num_random_blocks", getattr(config, "num_random_blocks", 3), "BigBird uses 3."
-        )
+        self.block_size = config.block_size
+        self.num_random_blocks = config.num_random_blocks
 
     def padded_length(self, length: int) -> int:
         return round_up(length, self.block_size)

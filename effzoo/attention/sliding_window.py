@@ -29,48 +29,18 @@ from .blocksparse import (
     residue_order,
     round_up,
 )
-from .checks import positive_int
 
 #: Query blocks are about as long as the one-sided window (the fastest on CPU, measured), in
 #: multiples of this, so that a block sees its neighbours on each side and little more.
 BLOCK_MULTIPLE = 16
 
 
-def _per_item(name: str, value: Any, count: int | None, what: str) -> int | list[int]:
-    """A positive int, or a list of them with one per ``what`` (``count`` of them, where known)."""
-    fix = f"Give a positive int, or a list with one per {what}."
-    if not isinstance(value, (list, tuple)):
-        return positive_int(name, value, fix)
-    if count is not None and len(value) != count:
-        raise ValueError(f"{name} has {len(value)} entries but the model has {count} {what}s. {fix}")
-    return [positive_int(name, item, fix) for item in value]
-
-
-def _window(config: Any, layer_idx: int) -> int:
-    """The one-sided window w/2 of layer ``layer_idx`` from ``attention_window`` (default 512, even)."""
-    value, layers = getattr(config, "attention_window", 512), getattr(config, "num_hidden_layers", None)
-    windows = _per_item("attention_window", value, layers, "layer")
-    window = windows[layer_idx] if isinstance(windows, list) else windows
-    if window % 2:
-        raise ValueError(
-            f"attention_window must be even (it covers attention_window / 2 tokens on each side), got {window}; "
-            f"use {window + 1}."
-        )
-    return window // 2
-
-
-def _dilations(config: Any) -> int | list[int]:
-    """The dilation of every head, or of each, from ``attention_dilation`` (default 1: none)."""
-    value, heads = getattr(config, "attention_dilation", 1), getattr(config, "num_attention_heads", None)
-    return _per_item("attention_dilation", value, heads, "head")
-
-
 class SlidingWindowAttention(BlockSparseAttention):
     """Longformer: sliding window with per-head dilation and global tokens with their own projections.
 
-    Config fields: ``attention_window`` (512, even; int or one per layer), ``attention_dilation``
-    (1; int or one per head), plus the engine's ``global_special_tokens`` and
-    ``dense_attention_below``. Parameters: ``query_global``, ``key_global``, ``value_global``
+    Config (``EffzooLongformerConfig``, which holds the defaults and checks): ``attention_window``
+    (even; int or one per layer), ``attention_dilation`` (int or one per head), plus the engine's
+    fields. Parameters: ``query_global``, ``key_global``, ``value_global``
     (hidden → hidden). Extra forward inputs: ``global_attention_mask`` (batch, L) and
     ``hidden_states`` (batch, L, hidden), the layer's input, which the global projections read.
     Decoding keeps max(dilation) · attention_window / 2 + 1 tokens and the sink per layer.
@@ -81,8 +51,8 @@ class SlidingWindowAttention(BlockSparseAttention):
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__(config, layer_idx)
-        self.one_sided_window = _window(config, layer_idx)
-        self.dilations = _dilations(config)
+        self.one_sided_window = config.layer_window(layer_idx) // 2
+        self.dilations = config.head_dilations()
         self.block_size = round_up(self.one_sided_window, BLOCK_MULTIPLE)
         self.query_global = nn.Linear(config.hidden_size, config.hidden_size)
         self.key_global = nn.Linear(config.hidden_size, config.hidden_size)
@@ -104,8 +74,7 @@ class SlidingWindowAttention(BlockSparseAttention):
         side = -(-self.one_sided_window // self.block_size)  # neighbour blocks on each side
         num_blocks, after = padded_length // self.block_size, 0 if causal else side
         groups = []
-        dilations = self.dilations if isinstance(self.dilations, list) else [self.dilations] * num_heads
-        for heads, dilation in head_runs(dilations):
+        for heads, dilation in head_runs(self.dilations):
             order = residue_order(padded_length, dilation, device) if dilation > 1 else None
             keys = KeyBlocks.neighbours(
                 num_blocks, side, after, self.block_size, order, self._window_of(dilation), device
@@ -125,8 +94,7 @@ class SlidingWindowAttention(BlockSparseAttention):
 
     @classmethod
     def cache_window(cls, config: Any, layer_idx: int) -> int:
-        dilations = _dilations(config)
-        return _window(config, layer_idx) * (max(dilations) if isinstance(dilations, list) else dilations) + 1
+        return config.layer_window(layer_idx) // 2 * max(config.head_dilations()) + 1
 
     def forward(
         self,

@@ -33,10 +33,6 @@ from .blocksparse import (
     residue_order,
     round_up,
 )
-from .checks import one_of, positive_int
-
-PATTERNS = ("strided", "fixed")
-HEAD_MODES = ("split", "merged")
 
 
 def _without(allowed: Predicate, excluded: Predicate) -> Predicate:
@@ -49,9 +45,9 @@ def _without(allowed: Predicate, excluded: Predicate) -> Predicate:
 class StridedAttention(BlockSparseAttention):
     """Sparse Transformer attention: ``strided`` or ``fixed`` factorization, heads split or merged.
 
-    Config fields: ``sparse_pattern`` ("strided"), ``stride`` (128), ``summary_size`` (8, fixed
-    only, at most ``stride``), ``sparse_heads`` ("merged"; "split" needs two heads or more), plus the
-    engine's ``global_special_tokens`` and ``dense_attention_below``. Extra forward input:
+    Config (``SparseConfig``, which holds the defaults and checks): ``sparse_pattern``, ``stride``,
+    ``summary_size`` (fixed only, at most ``stride``), ``sparse_heads`` ("split" needs two heads or
+    more), plus the engine's fields. Extra forward input:
     ``global_attention_mask``. Decoding keeps every token (A⁽²⁾ reaches back to the start).
     """
 
@@ -59,23 +55,10 @@ class StridedAttention(BlockSparseAttention):
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__(config, layer_idx)
-        self.pattern = one_of("sparse_pattern", getattr(config, "sparse_pattern", "strided"), PATTERNS)
-        self.heads_mode = one_of("sparse_heads", getattr(config, "sparse_heads", "merged"), HEAD_MODES)
-        self.stride = positive_int("stride", getattr(config, "stride", 128), "The paper uses 128 (about √L).")
-        self.summary_size = positive_int(
-            "summary_size", getattr(config, "summary_size", 8), "The paper uses 8 to 32."
-        )
-        if self.pattern == "fixed" and self.summary_size > self.stride:
-            raise ValueError(
-                f"summary_size ({self.summary_size}) must be at most stride ({self.stride}): the summary is the "
-                "last summary_size positions of each block of stride positions. Lower summary_size."
-            )
-        heads = getattr(config, "num_attention_heads", 2)
-        if self.heads_mode == "split" and heads < 2:
-            raise ValueError(
-                f"sparse_heads='split' gives each sub-pattern half of the heads, but num_attention_heads is {heads}; "
-                "use sparse_heads='merged' or two heads or more."
-            )
+        self.pattern = config.sparse_pattern
+        self.heads_mode = config.sparse_heads
+        self.stride = config.stride
+        self.summary_size = config.summary_size
 
     def padded_length(self, length: int) -> int:
         return round_up(length, self.stride)

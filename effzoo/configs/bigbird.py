@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..attention.checks import non_negative_int, positive_int
 from .base import WINDOWED_DENSE_BELOW, BlockSparseConfig
 
 
@@ -16,3 +17,8 @@ class EffzooBigBirdConfig(BlockSparseConfig):
     num_random_blocks: int = 3
     flex_attention_from: int | None = 4096
     dense_attention_below: int = WINDOWED_DENSE_BELOW
+
+    def check_backbone(self) -> None:
+        super().check_backbone()
+        positive_int("block_size", self.block_size, "Choose the block length in tokens, e.g. 64.")
+        non_negative_int("num_random_blocks", self.num_random_blocks, "BigBird uses 3.")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from ..attention.checks import one_of, positive_int
 from .base import WINDOWED_DENSE_BELOW, BlockSparseConfig
+
+SPARSE_PATTERNS = ("strided", "fixed")
+SPARSE_HEAD_MODES = ("split", "merged")
 
 
 class SparseConfig(BlockSparseConfig):
@@ -18,3 +22,20 @@ class SparseConfig(BlockSparseConfig):
     summary_size: int = 8
     sparse_heads: str = "merged"
     dense_attention_below: int = WINDOWED_DENSE_BELOW
+
+    def check_backbone(self) -> None:
+        super().check_backbone()
+        one_of("sparse_pattern", self.sparse_pattern, SPARSE_PATTERNS)
+        one_of("sparse_heads", self.sparse_heads, SPARSE_HEAD_MODES)
+        positive_int("stride", self.stride, "The paper uses 128 (about √L).")
+        positive_int("summary_size", self.summary_size, "The paper uses 8 to 32.")
+        if self.sparse_pattern == "fixed" and self.summary_size > self.stride:
+            raise ValueError(
+                f"summary_size ({self.summary_size}) must be at most stride ({self.stride}): the summary is the "
+                "last summary_size positions of each block of stride positions. Lower summary_size."
+            )
+        if self.sparse_heads == "split" and self.num_attention_heads < 2:
+            raise ValueError(
+                "sparse_heads='split' gives each sub-pattern half of the heads, but num_attention_heads is "
+                f"{self.num_attention_heads}; use sparse_heads='merged' or two heads or more."
+            )

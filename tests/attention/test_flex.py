@@ -6,8 +6,6 @@ few patterns; each checks that flex really ran (a fallback would make the compar
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -17,13 +15,15 @@ from effzoo.attention.random_blocks import RandomBlocksAttention
 from effzoo.attention.sliding_window import SlidingWindowAttention
 from effzoo.attention.strided import StridedAttention
 
+from .test_sparse_patterns import CONFIG_CLASSES
+
 HEADS, HEAD_DIM, LENGTH = 2, 16, 128
 
 
-def _config(**fields):
+def _config(mechanism_class, **fields):
     base = dict(attention_probs_dropout_prob=0.0, num_hidden_layers=1, num_attention_heads=HEADS,
                 hidden_size=HEADS * HEAD_DIM, max_position_embeddings=LENGTH, dense_attention_below=0)
-    return SimpleNamespace(**{**base, **fields})
+    return CONFIG_CLASSES[mechanism_class](**{**base, **fields})
 
 
 @pytest.fixture
@@ -59,8 +59,8 @@ def _inputs():
 
 
 def _pair(mechanism_class, fields):
-    flex = mechanism_class(_config(**fields, flex_attention_from=0)).eval()
-    blocks = mechanism_class(_config(**fields, flex_attention_from=None)).eval()
+    flex = mechanism_class(_config(mechanism_class, **fields, flex_attention_from=0)).eval()
+    blocks = mechanism_class(_config(mechanism_class, **fields, flex_attention_from=None)).eval()
     blocks.load_state_dict(flex.state_dict())
     return flex, blocks
 
@@ -94,7 +94,7 @@ def test_training_and_permuted_layouts_keep_the_block_path(flex_calls):
     q, k, v, mask, _ = _inputs()
     q.requires_grad_(True)
     flex(q, k, v, padding_mask=mask).sum().backward()  # a gradient is needed: no flex
-    strided = StridedAttention(_config(sparse_pattern="strided", stride=16, flex_attention_from=0)).eval()
+    strided = StridedAttention(_config(StridedAttention, sparse_pattern="strided", stride=16, flex_attention_from=0)).eval()
     with torch.no_grad():
         strided(q, k, v, padding_mask=mask)  # residue-ordered parts: not a flex layout
     assert flex_calls == [] and q.grad is not None
@@ -102,4 +102,4 @@ def test_training_and_permuted_layouts_keep_the_block_path(flex_calls):
 
 def test_flex_attention_from_is_checked():
     with pytest.raises(ValueError, match="flex_attention_from"):
-        LocalAttention(_config(flex_attention_from=-1))
+        LocalAttention(_config(LocalAttention, flex_attention_from=-1))

@@ -8,12 +8,12 @@ the mechanism (its choice is tested on its own).
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from effzoo import AxialConfig, EffzooBigBirdConfig, EffzooLongformerConfig, LocalConfig, SparseConfig
 from effzoo.attention import FullAttention, blocksparse, dense_reference_attention
 from effzoo.attention.axial import AxialAttention
 from effzoo.attention.kv_cache import SinkSlidingWindowLayer
@@ -34,11 +34,22 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def make_config(**fields):
-    """A tiny config; ``dense_attention_below=0`` takes the block-sparse path at every length."""
+#: The config class of each mechanism: it holds the defaults and checks the fields.
+CONFIG_CLASSES = {
+    LocalAttention: LocalConfig,
+    SlidingWindowAttention: EffzooLongformerConfig,
+    RandomBlocksAttention: EffzooBigBirdConfig,
+    StridedAttention: SparseConfig,
+    AxialAttention: AxialConfig,
+}
+
+
+def make_config(mechanism_class, **fields):
+    """A tiny config of the mechanism's variant; ``dense_attention_below=0`` takes the block-sparse
+    path at every length, ``flex_attention_from=None`` never compiles."""
     base = {"attention_probs_dropout_prob": 0.0, "num_hidden_layers": 2, "num_attention_heads": HEADS}
-    base.update(hidden_size=HIDDEN, max_position_embeddings=64, dense_attention_below=0)
-    return SimpleNamespace(**{**base, **fields})
+    base.update(hidden_size=HIDDEN, max_position_embeddings=64, dense_attention_below=0, flex_attention_from=None)
+    return CONFIG_CLASSES[mechanism_class](**{**base, **fields})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +191,7 @@ LENGTHS = [37, 26, 0]  # a sequence with no real token at all, too
 
 def build(name, **overrides):
     mechanism_class, fields, reference = CASES[name]
-    mechanism = mechanism_class(make_config(**{**fields, **overrides})).eval()
+    mechanism = mechanism_class(make_config(mechanism_class, **{**fields, **overrides})).eval()
     extra_global = bigbird_globals(fields["block_size"]) if mechanism_class is RandomBlocksAttention else None
     return mechanism, reference(mechanism), extra_global
 
@@ -348,7 +359,7 @@ def test_longformer_equals_transformers_longformer_self_attention():
     batch, length = 2, 32  # Transformers needs a multiple of the window
     fields = {"attention_window": [8], "num_hidden_layers": 1, "num_attention_heads": HEADS, "hidden_size": HIDDEN}
     theirs = LongformerSelfAttention(LongformerConfig(**fields, attention_probs_dropout_prob=0.0), layer_id=0).eval()
-    ours = SlidingWindowAttention(make_config(**fields, global_special_tokens=False)).eval()
+    ours = SlidingWindowAttention(make_config(SlidingWindowAttention, **fields, global_special_tokens=False)).eval()
     for name in ("query_global", "key_global", "value_global"):
         getattr(ours, name).load_state_dict(getattr(theirs, name).state_dict())
     hidden_states = torch.randn(batch, length, HIDDEN)
@@ -386,7 +397,9 @@ def test_covering_layout_equals_full(name, causal, dense):
     mechanism_class, fields = COVERING[name]
     if causal and not mechanism_class.supports_causal:
         pytest.skip("bidirectional only")
-    config = make_config(**fields, global_special_tokens=False, dense_attention_below=10**6 if dense else 0)
+    config = make_config(
+        mechanism_class, **fields, global_special_tokens=False, dense_attention_below=10**6 if dense else 0
+    )
     mechanism = mechanism_class(config).eval()
     q, k, v = qkv()
     mask = padding_mask(LENGTHS, 37, "right")
@@ -474,7 +487,7 @@ def test_decoding_with_cache_equals_causal_forward(name, padding):
     mask = padding_mask([31, 18], length, padding) if padding else None
     expected = mechanism(q, k, v, padding_mask=mask, causal=True)
 
-    cache = type(mechanism).new_cache(make_config(**CASES[name][1]))
+    cache = type(mechanism).new_cache(make_config(type(mechanism), **CASES[name][1]))
     steps = [(0, 7), (7, 9)] + [(t, t + 1) for t in range(9, length)]  # a prefill, a 2-token chunk, then one by one
     outputs = []
     for start, end in steps:
@@ -483,7 +496,7 @@ def test_decoding_with_cache_equals_causal_forward(name, padding):
         outputs.append(mechanism(*step, padding_mask=step_mask, causal=True, cache=cache))
     torch.testing.assert_close(torch.cat(outputs, dim=2), expected, atol=1e-5, rtol=1e-5)
 
-    window = type(mechanism).cache_window(make_config(**CASES[name][1]), 1)
+    window = type(mechanism).cache_window(make_config(type(mechanism), **CASES[name][1]), 1)
     if window is not None:  # the sliding-window variants keep only the window (and the sink)
         layer = cache.layers[1]
         assert isinstance(layer, SinkSlidingWindowLayer) and layer.keys.shape[2] == window
@@ -517,7 +530,7 @@ def largest_allocation(mechanism, length, heads=2):
 @pytest.mark.parametrize("name", list(MEMORY_CASES))
 def test_memory_grows_linearly(name):
     mechanism_class, fields = MEMORY_CASES[name]
-    config = make_config(**fields, num_attention_heads=2, hidden_size=16)
+    config = make_config(mechanism_class, **fields, num_attention_heads=2, hidden_size=16)
     mechanism = mechanism_class(config)
     small, large = largest_allocation(mechanism, 4096), largest_allocation(mechanism, 8192)
     assert large < 2.6 * small, (small, large)  # quadratic would be 4×
@@ -557,18 +570,18 @@ def test_memory_grows_linearly(name):
 )
 def test_bad_config_raises(mechanism_class, fields, argument):
     with pytest.raises(ValueError, match=argument):
-        mechanism_class(make_config(**fields))
+        mechanism_class(make_config(mechanism_class, **fields))
 
 
 def test_axial_shape_smaller_than_the_sequence_raises():
-    mechanism = AxialAttention(make_config(axial_shape=(4, 8)))
+    mechanism = AxialAttention(make_config(AxialAttention, axial_shape=(4, 8)))
     with pytest.raises(ValueError, match=r"axial_shape \(4, 8\) holds 32 tokens but the input has 37"):
         mechanism(*qkv())
 
 
 def test_bigbird_causal_call_raises():
     with pytest.raises(ValueError, match="causal=True"):
-        RandomBlocksAttention(make_config())(*qkv(), causal=True)
+        RandomBlocksAttention(make_config(RandomBlocksAttention))(*qkv(), causal=True)
 
 
 @pytest.mark.parametrize("name", ["local", "longformer", "bigbird"])
