@@ -114,13 +114,15 @@ def draw_projection(
     and the estimate of exp(q·k) keeps an error that more features do not remove.
     """
     device = generator.device if generator is not None else torch.device("cpu")
+    # float32 whatever the default dtype (a model built in float16 sets it; QR has no half kernel on CPU)
+    gaussian = dict(generator=generator, device=device, dtype=torch.float32)
     if not orthogonal:
-        return torch.randn(num_features, head_dim, generator=generator, device=device)
+        return torch.randn(num_features, head_dim, **gaussian)
     num_blocks = math.ceil(num_features / head_dim)
-    q, r = torch.linalg.qr(torch.randn(num_blocks, head_dim, head_dim, generator=generator, device=device))
+    q, r = torch.linalg.qr(torch.randn(num_blocks, head_dim, head_dim, **gaussian))
     q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]  # sign fix: Haar, not LAPACK-biased
     directions = q.transpose(-1, -2).reshape(num_blocks * head_dim, head_dim)[:num_features]
-    norms = torch.randn(num_features, head_dim, generator=generator, device=device).norm(dim=-1, keepdim=True)
+    norms = torch.randn(num_features, head_dim, **gaussian).norm(dim=-1, keepdim=True)
     return directions * norms
 
 

@@ -27,6 +27,7 @@ from transformers.activations import ACT2FN
 from transformers.utils.generic import can_return_tuple
 
 from ..attention.base import AttentionMechanism
+from ..attention.feature_maps import FeatureMap
 from ..configs.base import EffzooConfig
 from .layers import ATTENTION_WEIGHTS_SINK, EffzooLayer, keyword_inputs
 from .moe import EffzooMoELayer, Routing, SwitchRouter, summarise_routing
@@ -276,7 +277,9 @@ class EffzooPreTrainedModel(PreTrainedModel):
         """BERT's initialisation, plus each mechanism's own parameters (``reset_parameters``), the
         routers (normal(0, initializer_range)) and the halting units (see ``ponder.py``)."""
         super()._init_weights(module)
-        if isinstance(module, AttentionMechanism) and hasattr(module, "reset_parameters"):
+        # Transformers visits only modules holding tensors of their own: a mechanism's feature map is
+        # reached as itself, a mechanism with buffers (LSH rotations) as the mechanism.
+        if isinstance(module, (AttentionMechanism, FeatureMap)) and hasattr(module, "reset_parameters"):
             module.reset_parameters()
         elif isinstance(module, EffzooLMPredictionHead):
             init.zeros_(module.bias)
