@@ -12,10 +12,16 @@ round's scores of a pair are lowered by log(the number of rounds in which the pa
 the rounds are combined through their log-sum-exps (eq. 3-4 of the paper), so a key that a query
 meets in several rounds counts once.
 
-With ``shared_qk`` the keys are the normalised queries (the paper's shared-QK attention); a token
-then attends to itself only when nothing else is in its buckets. A real query that meets no key at
+With ``shared_qk`` the keys are the normalised queries (the paper's shared-QK attention, scaled as
+Reformer's code scales them: see :func:`shared_qk_keys`); a token then attends to itself only when
+nothing else is in its window. A real query that meets no key at
 all attends to its own position. Padded tokens hash into a bucket of their own, so they take no
 place in a real token's chunk.
+
+``lsh_attention_pattern="chunks"`` is the pattern of Reformer's code (trax, Transformers' Reformer)
+instead: a query attends its whole chunk window whatever the buckets, the windows run cyclically over
+the concatenated rounds, and the rounds are combined without the meeting count (a key met in two
+rounds weighs twice). Converted Transformers Reformers use it, so they compute what they computed there.
 
 Memory is O(rounds · L · window), window = (before + 1 + after) · chunk: no L × L tensor. The
 rotations are a buffer drawn from the mechanism's own generator (``hash_seed``), fixed in
@@ -39,10 +45,11 @@ from .base import AttentionMechanism
 def lsh_buckets(vectors: torch.Tensor, rotations: torch.Tensor, factors: tuple[int, ...]) -> torch.Tensor:
     """Angular LSH buckets (rounds, batch, heads, length) of (batch, heads, length, head_dim) vectors.
 
-    ``rotations`` is (head_dim, rounds, Σ factor / 2), Transformers' Reformer layout; with two
-    factors (a, b) the bucket is h_a + a · h_b, each half hashed with its own columns.
+    ``rotations`` is (heads, head_dim, rounds, Σ factor / 2), Transformers' Reformer layout: each
+    head hashes with its own. With two factors (a, b) the bucket is h_a + a · h_b, each factor
+    hashed with its own columns.
     """
-    rotated = torch.einsum("bhld,drk->rbhlk", vectors.float(), rotations.float())
+    rotated = torch.einsum("bhld,hdrk->rbhlk", vectors.float(), rotations.float())
     buckets, offset, product = None, 0, 1
     for factor in factors:
         half = rotated[..., offset : offset + factor // 2]
@@ -127,11 +134,32 @@ def neighbour_chunks(x: torch.Tensor, before: int, after: int, fill: float | boo
     return torch.cat([padded[:, :, :, shift : shift + num_chunks] for shift in range(before + after + 1)], dim=4)
 
 
+def cyclic_neighbour_chunks(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Each chunk's window as Reformer's code forms it (trax, Transformers' ``_look_adjacent``): the
+    rounds' chunks (rounds, batch, heads, chunks, chunk, …) are one cyclic sequence, so the first chunk
+    of a round sees the last chunk of the round before it (and round 0 the last round's)."""
+    flat = x.movedim(0, 2).flatten(2, 3)
+    windows = torch.cat([flat.roll(-shift, dims=2) for shift in range(-before, after + 1)], dim=3)
+    return windows.unflatten(2, (x.shape[0], x.shape[3])).movedim(2, 0)
+
+
+def shared_qk_keys(q: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The keys of shared query-key attention: each query scaled to root-mean-square 1 (length √d).
+
+    The paper normalises the keys (§2); Reformer's code (trax, Transformers) scales them to unit
+    length and takes q·k without the 1/√d, which is q·k̂ = |q| cos θ. Keys of length √d under the
+    usual 1/√d give the same scores, so shared-QK checkpoints of Transformers' Reformer compute here
+    what they compute there.
+    """
+    return q * torch.rsqrt(q.float().pow(2).mean(dim=-1, keepdim=True) + eps).to(q.dtype)
+
+
 class LSHAttention(AttentionMechanism):
     """Reformer's LSH attention, multi-round, bidirectional or causal, shared or separate Q and K.
 
     Config fields (``EffzooReformerConfig``): ``num_hashes``, ``num_buckets``, ``lsh_chunk_length``,
-    ``lsh_num_chunks_before``, ``lsh_num_chunks_after``, ``shared_qk``, ``hash_seed``.
+    ``lsh_num_chunks_before``, ``lsh_num_chunks_after``, ``shared_qk``, ``hash_seed``,
+    ``lsh_attention_pattern``. Each head hashes with its own rotations.
     """
 
     supports_causal = True
@@ -150,8 +178,11 @@ class LSHAttention(AttentionMechanism):
         self.chunks_after = config.lsh_num_chunks_after
         self.shared_qk = config.shared_qk
         self.hash_seed = config.hash_seed
+        self.pattern = config.lsh_attention_pattern
         rotation_size = sum(factor // 2 for factor in self.bucket_factors)
-        self.register_buffer("rotations", torch.empty(config.head_dim, self.num_hashes, rotation_size))
+        self.register_buffer(
+            "rotations", torch.empty(config.num_attention_heads, config.head_dim, self.num_hashes, rotation_size)
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -186,12 +217,14 @@ class LSHAttention(AttentionMechanism):
         cache: Any = None,
     ) -> torch.Tensor:
         if self.shared_qk:
-            k = F.normalize(q, dim=-1)  # keys are the normalised queries (shared-QK attention, §2)
+            k = shared_qk_keys(q)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
         if q.shape[-2] != k.shape[-2]:
             return self._attend_cached_keys(q, k, v, padding_mask, causal)
         batch, _, length, _ = q.shape
+        if self.pattern == "chunks" and length <= self.chunk_length:  # one chunk: plain attention, as Reformer's code
+            return self._attend_under_mask(q, k, v, None, padding_mask, causal)
         real = padding_mask if padding_mask is not None else q.new_ones(batch, length, dtype=torch.bool)
         query_buckets, key_buckets = self.buckets(q, k)
         # A chunk holds lsh_chunk_length queries: with separate queries and keys, twice as many items.
@@ -207,24 +240,39 @@ class LSHAttention(AttentionMechanism):
         them; it attends the whole bucket instead, which is the parallel pattern whenever the chunk
         window covers the sequence. The mask is (new tokens × cached tokens): one row per step.
         """
-        query_length, key_length = q.shape[-2], k.shape[-2]
         query_buckets, key_buckets = self.buckets(q, k)
         if key_buckets is None:
             key_buckets = self.buckets(k, k)[0]
         allowed = (query_buckets[..., :, None] == key_buckets[..., None, :]).any(dim=0)
+        return self._attend_under_mask(q, k, v, allowed, padding_mask, causal)
+
+    def _attend_under_mask(self, q, k, v, allowed: torch.Tensor | None, padding_mask: torch.Tensor | None,
+                           causal: bool) -> torch.Tensor:
+        """Exact attention of the last queries over the keys where ``allowed`` (None: all pairs), under the
+        rules of every LSH window: causal, no shared-QK token attends itself, a query alone takes itself."""
+        query_length, key_length = q.shape[-2], k.shape[-2]
         query_positions = torch.arange(key_length - query_length, key_length, device=q.device)
         key_positions = torch.arange(key_length, device=q.device)
+        if allowed is None:
+            allowed = torch.ones(query_length, key_length, dtype=torch.bool, device=q.device)
         if causal:
-            allowed &= key_positions <= query_positions[:, None]
+            allowed = allowed & (key_positions <= query_positions[:, None])
         if self.shared_qk:
-            allowed &= key_positions != query_positions[:, None]
+            allowed = allowed & (key_positions != query_positions[:, None])
         real_queries = None
         if padding_mask is not None:
-            allowed &= padding_mask[:, None, None, :]
+            allowed = allowed & padding_mask[:, None, None, :]
             real_queries = padding_mask[:, key_length - query_length :]
-        allowed |= ~allowed.any(dim=-1, keepdim=True) & (key_positions == query_positions[:, None])  # alone: itself
+        allowed = allowed | (~allowed.any(dim=-1, keepdim=True) & (key_positions == query_positions[:, None]))
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return context if real_queries is None else context * real_queries[:, None, :, None]
+
+    def _windows(self, x: torch.Tensor, fill: float | int) -> torch.Tensor:
+        """Each chunk's neighbour window of chunked items: within the round ("buckets"), or Reformer's
+        cyclic windows over the concatenated rounds ("chunks")."""
+        if self.pattern == "chunks":
+            return cyclic_neighbour_chunks(x, self.chunks_before, self.chunks_after)
+        return neighbour_chunks(x, self.chunks_before, self.chunks_after, fill)
 
     def _items(self, x: torch.Tensor, rounds: SortedRounds, as_query: bool) -> torch.Tensor:
         """(batch, heads, length, d) vectors laid out as the sorted items of every round, chunked."""
@@ -239,21 +287,24 @@ class LSHAttention(AttentionMechanism):
     def _attend_rounds(self, q, k, v, rounds: SortedRounds, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Each round's context and log-normaliser at every position: (rounds, batch, heads, length, d) and
         (rounds, batch, heads, length), −inf where a query meets no key in that round."""
-        before, after = self.chunks_before, self.chunks_after
         queries = self._items(q, rounds, as_query=True)
-        keys = neighbour_chunks(self._items(k, rounds, as_query=False), before, after, 0.0)
-        values = neighbour_chunks(self._items(v, rounds, as_query=False), before, after, 0.0)
+        keys = self._windows(self._items(k, rounds, as_query=False), 0.0)
+        values = self._windows(self._items(v, rounds, as_query=False), 0.0)
         compute = torch.promote_types(q.dtype, torch.float32)  # softmax in float32 at least
         scores = torch.einsum("rbhcqd,rbhckd->rbhcqk", queries.to(compute), keys.to(compute)) / math.sqrt(q.shape[-1])
 
         positions = rounds.chunks(rounds.position.int())
-        row_position, col_position = positions, neighbour_chunks(positions, before, after, 0)
-        # Query rows and key columns meet where their buckets are equal: non-queries and non-keys get
-        # codes that equal nothing.
-        bucket = rounds.bucket.int()
-        row_code = rounds.chunks(torch.where(rounds.is_query, bucket, -2))
-        col_code = neighbour_chunks(rounds.chunks(torch.where(rounds.is_key, bucket, -1)), before, after, -1)
-        allowed = row_code[..., :, None] == col_code[..., None, :]
+        row_position, col_position = positions, self._windows(positions, 0)
+        if self.pattern == "chunks":  # the whole window, whatever the bucket
+            allowed = rounds.chunks(rounds.is_query)[..., :, None] & self._windows(rounds.chunks(rounds.is_key),
+                                                                                   False)[..., None, :]
+        else:
+            # Query rows and key columns meet where their buckets are equal: non-queries and non-keys get
+            # codes that equal nothing.
+            bucket = rounds.bucket.int()
+            row_code = rounds.chunks(torch.where(rounds.is_query, bucket, -2))
+            col_code = self._windows(rounds.chunks(torch.where(rounds.is_key, bucket, -1)), -1)
+            allowed = row_code[..., :, None] == col_code[..., None, :]
         if causal:
             allowed &= col_position[..., None, :] <= row_position[..., :, None]
         if self.shared_qk:
@@ -261,7 +312,7 @@ class LSHAttention(AttentionMechanism):
         met = allowed.any(dim=-1)
         # Rows that meet no key (padding, dummy items) keep finite scores, so that no gradient is NaN.
         scores = scores.masked_fill(~(allowed | ~met[..., None]), float("-inf"))
-        if self.num_hashes > 1:
+        if self.num_hashes > 1 and self.pattern == "buckets":
             scores = scores - self._meetings(rounds, row_position, col_position).to(compute).log_()
         log_normaliser = torch.logsumexp(scores, dim=-1)
         weights = torch.exp(scores - log_normaliser[..., None]).masked_fill(~met[..., None], 0.0)

@@ -20,6 +20,12 @@ class EffzooReformerConfig(EffzooConfig):
       attends to itself only when nothing else is in its buckets), or separate queries and keys
       hashed with the same rotations (False, the default, as BERT's Q and K differ).
     - ``hash_seed``: seed of the mechanism's own generator for the rotations used in evaluation.
+    - ``lsh_attention_pattern``: ``"buckets"`` (the paper's pattern: a query attends the keys of its own
+      bucket in its chunk window, each key once however many rounds it meets it in) or ``"chunks"``
+      (Reformer's code, as trax and Transformers run it: the whole window whatever the bucket, the
+      windows cyclic over the concatenated rounds, a key counted once per round it is met in, and
+      plain attention when the input fits one chunk). ``"chunks"`` is what a converted Transformers
+      Reformer uses, so that it computes exactly what it did there.
 
     Named with the Effzoo prefix: Transformers' Auto classes resolve a config by class name, and
     ``ReformerConfig`` is Transformers' own.
@@ -34,6 +40,7 @@ class EffzooReformerConfig(EffzooConfig):
     lsh_num_chunks_after: int = 1
     shared_qk: bool = False
     hash_seed: int = 0
+    lsh_attention_pattern: str = "buckets"
 
     def check_backbone(self) -> None:
         super().check_backbone()
@@ -49,6 +56,9 @@ class EffzooReformerConfig(EffzooConfig):
             raise ValueError(f"shared_qk must be True or False, got {self.shared_qk!r}.")
         if not _is_int(self.hash_seed):
             raise ValueError(f"hash_seed must be an integer, got {self.hash_seed!r}.")
+        if self.lsh_attention_pattern not in ("buckets", "chunks"):
+            raise ValueError(f"lsh_attention_pattern must be 'buckets' (the paper's) or 'chunks' (Reformer's code, "
+                             f"for Transformers' checkpoints), got {self.lsh_attention_pattern!r}.")
         self.bucket_factors()
 
     def bucket_factors(self) -> tuple[int, ...]:

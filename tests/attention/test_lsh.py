@@ -4,17 +4,18 @@ The reference takes the mechanism's buckets of a forward, sorts each round's ite
 position) in Python, cuts the chunks, and allows query i to see key j where they share a bucket and
 their chunks are near in some round; shared-QK drops a token's own key unless nothing else is
 allowed, and a query that sees nothing sees itself. Exact attention under that mask
-(``dense_reference_attention``) is what the mechanism must return.
+(``dense_reference_attention``) is what the mechanism must return. Reformer's own pattern
+(``lsh_attention_pattern="chunks"``) has its reference too: the cyclic windows over the concatenated
+rounds, each key weighted by the number of windows it is met in.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from effzoo.attention.full import FullAttention
-from effzoo.attention.lsh import LSHAttention
+from effzoo.attention.lsh import LSHAttention, shared_qk_keys
 from effzoo.attention.reference import dense_reference_attention
 from effzoo.configs.reformer import EffzooReformerConfig
 
@@ -76,7 +77,7 @@ def reference_pattern(attention: LSHAttention, q, k, mask, causal) -> torch.Tens
 
 
 def reference_output(attention: LSHAttention, q, k, v, mask, causal) -> torch.Tensor:
-    keys = F.normalize(q, dim=-1) if attention.shared_qk else k
+    keys = shared_qk_keys(q) if attention.shared_qk else k
     return dense_reference_attention(q, keys, v, reference_pattern(attention, q, keys, mask, causal))
 
 
@@ -102,7 +103,7 @@ def test_gradients_equal_the_reference(shared_qk):
     mask = padding_mask(2, 19, "right")
     out = attention(q, k, v, padding_mask=mask, causal=False)
     grads = torch.autograd.grad(out.square().sum(), (q, k, v), allow_unused=True)
-    keys = F.normalize(q, dim=-1) if shared_qk else k
+    keys = shared_qk_keys(q) if shared_qk else k
     allowed = reference_pattern(attention, q.detach(), keys.detach(), mask, False)
     expected = dense_reference_attention(q, keys, v, allowed)
     expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v), allow_unused=True)
@@ -127,7 +128,7 @@ def test_one_bucket_and_a_covering_chunk_equal_full_attention(causal):
 def test_shared_qk_with_one_bucket_is_shared_qk_full_attention():
     attention = mechanism(num_hashes=1, num_buckets=1, lsh_chunk_length=32, shared_qk=True)
     q, _, v = qkv()
-    keys = F.normalize(q, dim=-1)
+    keys = shared_qk_keys(q)
     not_self = ~torch.eye(19, dtype=torch.bool)
     torch.testing.assert_close(attention(q, q, v), dense_reference_attention(q, keys, v, not_self),
                                atol=1e-5, rtol=1e-5)
@@ -183,6 +184,7 @@ def test_half_precision_is_close_to_float32(dtype):
 @pytest.mark.parametrize("field, value", [
     ("num_buckets", 3), ("num_buckets", [2, 3]), ("num_buckets", 0), ("num_buckets", [2, 2, 2]),
     ("num_hashes", 0), ("lsh_chunk_length", 0), ("lsh_num_chunks_before", -1), ("shared_qk", "yes"),
+    ("lsh_attention_pattern", "trax"),
 ])
 def test_bad_settings_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -209,3 +211,77 @@ def test_decoding_with_a_cache_equals_the_causal_forward_when_the_chunk_covers_t
         steps.append(attention(q[:, :, step], k[:, :, step], v[:, :, step], padding_mask=mask[:, : position + 1],
                                causal=True, cache=cache))
     torch.testing.assert_close(torch.cat(steps, dim=2), parallel, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_qk_keys_are_the_queries_scaled_to_length_root_d():
+    q, _, _ = qkv()
+    expected = q / q.norm(dim=-1, keepdim=True) * q.shape[-1] ** 0.5
+    torch.testing.assert_close(shared_qk_keys(q), expected, atol=1e-5, rtol=1e-5)
+
+
+def reformer_code_weights(attention: LSHAttention, q, k, mask, causal) -> torch.Tensor:
+    """(batch, heads, L, L) multiplicities of Reformer's code: how many cyclic chunk windows over the
+    concatenated rounds give query i key j, from the definition, with Python sorting."""
+    batch, heads, length, _ = q.shape
+    query_buckets, key_buckets = attention.buckets(q, k)
+    if key_buckets is None:
+        key_buckets = query_buckets
+    real = mask if mask is not None else torch.ones(batch, length, dtype=torch.bool)
+    per_chunk = attention.chunk_length if attention.shared_qk else 2 * attention.chunk_length
+    items = length if attention.shared_qk else 2 * length
+    per_round = -(-items // per_chunk) * per_chunk
+    total_chunks = attention.num_hashes * per_round // per_chunk
+    counts = torch.zeros(batch, heads, length, length, dtype=torch.float64)
+    for b in range(batch):
+        for h in range(heads):
+            chunk_queries, chunk_keys = {}, {}
+            for r in range(attention.num_hashes):
+                qb, kb = query_buckets[r, b, h].tolist(), key_buckets[r, b, h].tolist()
+                padded = attention.bucket_count
+                if attention.shared_qk:
+                    order = sorted((qb[p] if real[b, p] else padded, p, 0, p) for p in range(length))
+                    order = [(p, True, True) for *_, p in order]
+                else:
+                    order = sorted([(kb[p] if real[b, p] else padded, p, 0) for p in range(length)]
+                                   + [(qb[p] if real[b, p] else padded, p, 1) for p in range(length)])
+                    order = [(p, kind == 1, kind == 0) for _, p, kind in order]
+                for slot, (p, is_query, is_key) in enumerate(order):
+                    chunk = (r * per_round + slot) // per_chunk
+                    if real[b, p] and is_query:
+                        chunk_queries.setdefault(chunk, []).append(p)
+                    if real[b, p] and is_key:
+                        chunk_keys.setdefault(chunk, []).append(p)
+            for chunk, queries in chunk_queries.items():
+                window = [(chunk + shift) % total_chunks
+                          for shift in range(-attention.chunks_before, attention.chunks_after + 1)]
+                for i in queries:
+                    for j in (j for c in window for j in chunk_keys.get(c, [])):
+                        if not (causal and j > i) and not (attention.shared_qk and i == j):
+                            counts[b, h, i, j] += 1
+    rows = torch.arange(length)
+    alone = (counts.sum(-1) == 0) & real[:, None, :]
+    counts[:, :, rows, rows] += alone.double()
+    return counts
+
+
+@pytest.mark.parametrize("shared_qk", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padding", [None, "right"])
+def test_reformer_code_pattern_equals_its_weighted_reference(shared_qk, causal, padding):
+    attention = mechanism(shared_qk=shared_qk, lsh_attention_pattern="chunks", lsh_num_chunks_after=0)
+    q, k, v = qkv()
+    mask = padding_mask(2, 19, padding)
+    keys = shared_qk_keys(q) if shared_qk else k
+    counts = reformer_code_weights(attention, q, keys, mask, causal)
+    scores = torch.einsum("bhqd,bhkd->bhqk", q.double(), keys.double()) / 8**0.5
+    scores = (scores + counts.log()).masked_fill(counts == 0, float("-inf"))
+    expected = torch.einsum("bhqk,bhkd->bhqd", scores.softmax(-1).nan_to_num(0.0), v.double()).float()
+    torch.testing.assert_close(attention(q, k, v, padding_mask=mask, causal=causal), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_reformer_code_pattern_runs_plain_attention_on_an_input_of_one_chunk():
+    attention = mechanism(shared_qk=True, lsh_attention_pattern="chunks", lsh_chunk_length=19)
+    q, _, v = qkv()
+    not_self = ~torch.eye(19, dtype=torch.bool)
+    torch.testing.assert_close(attention(q, q, v, causal=False),
+                               dense_reference_attention(q, shared_qk_keys(q), v, not_self), atol=1e-5, rtol=1e-5)
