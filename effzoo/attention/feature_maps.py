@@ -241,8 +241,8 @@ class FavorSoftmaxFeatures(RandomFeatures):
     def keys_with_log_scale(
         self, k: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        k = upcast(k)  # once: both uses' gradients add up in float32
         projected = self._project(k)
-        k = upcast(k)
         half_norm = k.square().sum(dim=-1, keepdim=True) * (0.5 / math.sqrt(self.head_dim))
         row_max = projected.detach().amax(dim=-1, keepdim=True) - half_norm.detach()
         if mask is not None:

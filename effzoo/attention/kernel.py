@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, LinearAttentionLayer
 
 from .base import AttentionMechanism
-from .checks import positive_int
 from .feature_maps import (
     EluFeatures,
     FavorReluFeatures,
@@ -46,8 +45,6 @@ from .masking import (
     scatter_positions,
     zero_padded_queries,
 )
-
-KERNELS = ("softmax", "relu", "elu", "hedgehog")
 
 
 class KernelStateLayer(LinearAttentionLayer):
@@ -120,12 +117,8 @@ class KernelAttentionCache(Cache):
     ``get_seq_length()`` returns the positions seen (padding included), so position ids continue.
     """
 
-    def __init__(self, config: Any = None) -> None:
-        num_layers = getattr(config, "num_hidden_layers", None)
-        if num_layers:
-            super().__init__(layers=[KernelStateLayer() for _ in range(num_layers)])
-        else:
-            super().__init__(layer_class_to_replicate=KernelStateLayer)
+    def __init__(self, config: Any) -> None:
+        super().__init__(layers=[KernelStateLayer() for _ in range(config.num_hidden_layers)])
 
     def state_layer(self, layer_idx: int) -> KernelStateLayer:
         """The state of layer ``layer_idx`` (created on first use)."""
@@ -323,25 +316,30 @@ def _packed_softmax_correction(q, k, phi_q, phi_k, values, key_mask, window, spe
     return out
 
 
+def feature_map_of(config: Any) -> FeatureMap:
+    """The feature map φ that ``config.kernel`` names, sized from the config's fields."""
+    head_dim = config.head_dim
+    if config.kernel in ("softmax", "relu"):
+        random_map = FavorSoftmaxFeatures if config.kernel == "softmax" else FavorReluFeatures
+        return random_map(
+            head_dim, config.num_random_features, config.orthogonal_features, config.feature_redraw_interval
+        )
+    if config.kernel == "elu":
+        return EluFeatures(head_dim)
+    return HedgehogFeatures(config.num_attention_heads, head_dim, config.hedgehog_feature_dim or head_dim)
+
+
 class KernelAttention(AttentionMechanism):
     """softmax(QKᵀ/√d)V ≈ φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1), bidirectional or causal, with a recurrent cache.
 
-    Config fields (read with ``getattr``; defaults in brackets):
-
-    - ``kernel`` ["softmax"]: "softmax" (FAVOR+ positive random features, Performer),
-      "relu" (FAVOR+ generalised ReLU features), "elu" (elu + 1, Linear Transformer),
-      "hedgehog" (learnable softmax features, Hedgehog).
-    - ``num_random_features`` [256]: m for "softmax" and "relu".
-    - ``orthogonal_features`` [True]: orthogonal (True) or i.i.d. (False) random directions.
-    - ``feature_redraw_interval`` [None]: redraw the random features every N training forward
-      calls; None never redraws. Ignored by the deterministic kernels.
-    - ``causal_chunk_size`` [64]: chunk length of the causal form (exact at any value).
-    - ``hedgehog_feature_dim`` [None = head_dim]: Hedgehog's W maps head_dim → this; m = 2× it.
-    - ``hybrid_window`` [None]: Hedgehog only, bidirectional only: softmax attention on the
-      query's block of this many tokens and its two neighbours, kernel attention beyond
-      (:func:`softmax_correction`); None is pure kernel attention.
-    - ``hybrid_special_tokens`` [False]: Hedgehog only, bidirectional only: softmax attention on
-      the first and last real token too (the attention sinks of a converted BERT).
+    Config (``PerformerConfig``, ``LinearConfig`` or ``HedgehogConfig``, which hold the defaults
+    and checks): ``kernel`` ("softmax" and "relu": FAVOR+ random features, Performer, with
+    ``num_random_features``, ``orthogonal_features`` and ``feature_redraw_interval``; "elu":
+    elu + 1, Linear Transformer; "hedgehog": learnable softmax features, with
+    ``hedgehog_feature_dim``) and ``causal_chunk_size`` (the chunk length of the causal form, exact
+    at any value). Hedgehog's ``hybrid_window`` and ``hybrid_special_tokens`` (bidirectional only)
+    give a window of neighbouring blocks and the first and last real token softmax weights, kernel
+    weights beyond (:func:`softmax_correction`).
 
     Padded keys leave both numerator and normaliser (zero φ(K) rows); padded queries give zero
     context; all sums are float32 (float64 inputs stay float64).
@@ -364,72 +362,20 @@ class KernelAttention(AttentionMechanism):
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__(config, layer_idx)
-        num_heads = positive_int("num_attention_heads", config.num_attention_heads, "e.g. 12.")
-        hidden_size = positive_int("hidden_size", config.hidden_size, "e.g. 768.")
-        if hidden_size % num_heads:
-            raise ValueError(
-                f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_heads}); "
-                "choose a head count that divides it."
-            )
-        head_dim = hidden_size // num_heads
-        kernel = getattr(config, "kernel", "softmax")
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}; pick one of those names.")
-        num_random_features = positive_int(
-            "num_random_features",
-            getattr(config, "num_random_features", 256),
-            "e.g. 256 (more features: closer to softmax, slower).",
-        )
-        orthogonal = getattr(config, "orthogonal_features", True)
-        if not isinstance(orthogonal, bool):
-            raise ValueError(f"orthogonal_features must be True or False, got {orthogonal!r}; use a bool.")
-        redraw_interval = positive_int(
-            "feature_redraw_interval",
-            getattr(config, "feature_redraw_interval", None),
-            "use None to never redraw.",
-            allow_none=True,
-        )
-        self.causal_chunk_size = positive_int(
-            "causal_chunk_size", getattr(config, "causal_chunk_size", 64), "e.g. 64 (the measured best on CPU)."
-        )
-        feature_dim = positive_int(
-            "hedgehog_feature_dim",
-            getattr(config, "hedgehog_feature_dim", None),
-            "use None for head_dim.",
-            allow_none=True,
-        )
-        self.hybrid_window = positive_int(
-            "hybrid_window", getattr(config, "hybrid_window", None), "e.g. 32, or None for pure Hedgehog.",
-            allow_none=True,
-        )
-        self.hybrid_special_tokens = getattr(config, "hybrid_special_tokens", False)
-        if not isinstance(self.hybrid_special_tokens, bool):
-            raise ValueError(
-                f"hybrid_special_tokens must be True or False, got {self.hybrid_special_tokens!r}; use a bool."
-            )
+        self.kernel = config.kernel
+        self.causal_chunk_size = config.causal_chunk_size
+        hedgehog = self.kernel == "hedgehog"  # the hybrid fields are HedgehogConfig's alone
+        self.hybrid_window = config.hybrid_window if hedgehog else None
+        self.hybrid_special_tokens = config.hybrid_special_tokens if hedgehog else False
         self.hybrid = self.hybrid_window is not None or self.hybrid_special_tokens
-        if self.hybrid and kernel != "hedgehog":
-            raise ValueError(
-                f"hybrid_window and hybrid_special_tokens are for the hedgehog kernel (its features have no key "
-                f"stabiliser to reconcile with softmax weights), got kernel={kernel!r}; drop them or use the "
-                "hedgehog variant."
-            )
-        if self.hybrid and getattr(config, "is_decoder", False):
+        if self.hybrid and config.is_decoder:
             raise ValueError(
                 "hybrid_window and hybrid_special_tokens are bidirectional only: is_decoder=True (a causal model) "
                 "is not supported with them. Set hybrid_window=None and hybrid_special_tokens=False for a causal "
                 "Hedgehog LM."
             )
-        self.kernel = kernel
-        self.conversion_init = self.CONVERSION_INIT[kernel]
-        self.feature_map: FeatureMap
-        if kernel in ("softmax", "relu"):
-            random_map = FavorSoftmaxFeatures if kernel == "softmax" else FavorReluFeatures
-            self.feature_map = random_map(head_dim, num_random_features, orthogonal, redraw_interval)
-        elif kernel == "elu":
-            self.feature_map = EluFeatures(head_dim)
-        else:
-            self.feature_map = HedgehogFeatures(num_heads, head_dim, feature_dim or head_dim)
+        self.conversion_init = self.CONVERSION_INIT[self.kernel]
+        self.feature_map = feature_map_of(config)
 
     @classmethod
     def new_cache(cls, config: Any) -> KernelAttentionCache:
@@ -472,10 +418,13 @@ class KernelAttention(AttentionMechanism):
             )
         new_mask = query_padding_mask(padding_mask, k.shape[-2])
 
+        dtype = q.dtype
         with torch.autocast(device_type=q.device.type, enabled=False):
+            # One float32 copy of each input: the gradients of its several uses add up in float32
+            # and are rounded to a half dtype once, not once per use.
+            q, k, v = upcast(q), upcast(k), upcast(v)
             phi_q = self.feature_map(q, is_query=True)
             phi_k, key_log_scale = self.feature_map.keys_with_log_scale(k, new_mask)
-            v = upcast(v)
             values = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # [v, 1]: numerator and normaliser
             if new_mask is not None:
                 real = new_mask[:, None, :, None]
@@ -498,11 +447,11 @@ class KernelAttention(AttentionMechanism):
                 out = phi_q @ new_state
                 if self.hybrid:
                     out = out + softmax_correction(
-                        upcast(q), upcast(k), phi_q, phi_k, values, new_mask, self.hybrid_window,
+                        q, k, phi_q, phi_k, values, new_mask, self.hybrid_window,
                         self.hybrid_special_tokens,
                     )
             if layer is not None:
                 layer.write(new_state, log_scale, k.shape[-2], self.feature_map.version)
 
             context = divide_by_last_column(out)
-        return zero_padded_queries(context.to(q.dtype), padding_mask)
+        return zero_padded_queries(context.to(dtype), padding_mask)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .base import EffzooConfig
+from ..attention.checks import positive_int
+from .kernel import KernelConfig
 
 
-class HedgehogConfig(EffzooConfig):
+class HedgehogConfig(KernelConfig):
     """Hedgehog: φ(x) = softmax([Wx + b, −(Wx + b)]) per head, W and b trained to mimic softmax.
 
     ``hedgehog_feature_dim`` is the width of W (None: head_dim; φ has twice as many features).
@@ -21,8 +22,18 @@ class HedgehogConfig(EffzooConfig):
 
     model_type = "effzoo-hedgehog"
     kernel: ClassVar[str] = "hedgehog"
+    supported_kernels: ClassVar[tuple[str, ...]] = ("hedgehog",)
 
     hedgehog_feature_dim: int | None = None
     hybrid_window: int | None = None
     hybrid_special_tokens: bool = False
-    causal_chunk_size: int = 64
+
+    def check_backbone(self) -> None:
+        super().check_backbone()
+        positive_int("hedgehog_feature_dim", self.hedgehog_feature_dim, "Use None for head_dim.", allow_none=True)
+        positive_int("hybrid_window", self.hybrid_window, "e.g. 32, or None for pure Hedgehog.", allow_none=True)
+        if not isinstance(self.hybrid_special_tokens, bool):
+            raise ValueError(
+                f"hybrid_special_tokens must be True or False, got {self.hybrid_special_tokens!r}; use a bool."
+            )
+

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .base import EffzooConfig
+from .kernel import KernelConfig
 
 
-class LinearConfig(EffzooConfig):
-    """Linear Transformer: φ(x) = elu(x) + 1, deterministic; no parameters of its own.
-
-    ``causal_chunk_size`` only sets the speed of the causal form, never its result.
-    """
+class LinearConfig(KernelConfig):
+    """Linear Transformer: φ(x) = elu(x) + 1, deterministic; no parameters of its own."""
 
     model_type = "effzoo-linear"
     kernel: ClassVar[str] = "elu"
-
-    causal_chunk_size: int = 64
+    supported_kernels: ClassVar[tuple[str, ...]] = ("elu",)

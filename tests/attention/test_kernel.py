@@ -8,13 +8,13 @@ causal form equals step-by-step decoding through the recurrent cache.
 from __future__ import annotations
 
 import io
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import DynamicCache
 
+from effzoo import HedgehogConfig, LinearConfig, PerformerConfig
 from effzoo.attention.feature_maps import FavorSoftmaxFeatures
 from effzoo.attention.kernel import KernelAttention, KernelAttentionCache
 from effzoo.attention.reference import dense_reference_attention, padding_and_causal_pattern
@@ -23,16 +23,22 @@ KERNELS = ["softmax", "relu", "elu", "hedgehog"]
 HEADS, HEAD_DIM = 2, 8
 
 
+#: The config class of each kernel: it holds the defaults and checks the fields.
+CONFIG_CLASSES = {"softmax": PerformerConfig, "relu": PerformerConfig, "elu": LinearConfig, "hedgehog": HedgehogConfig}
+
+
+def make_config(kernel: str = "softmax", /, **fields):
+    """A tiny config of the kernel's variant: one layer, two heads of 8, 32 random features for FAVOR+."""
+    config_class = CONFIG_CLASSES[kernel]
+    base = dict(num_hidden_layers=1, num_attention_heads=HEADS, hidden_size=HEADS * HEAD_DIM,
+                attention_probs_dropout_prob=0.0)
+    if config_class is PerformerConfig:
+        base.update(kernel=kernel, num_random_features=32)
+    return config_class(**{**base, **fields})
+
+
 def make(kernel: str = "softmax", **fields) -> KernelAttention:
-    config = SimpleNamespace(
-        num_attention_heads=fields.pop("num_attention_heads", HEADS),
-        hidden_size=fields.pop("hidden_size", HEADS * HEAD_DIM),
-        attention_probs_dropout_prob=0.0,
-        kernel=kernel,
-        num_random_features=fields.pop("num_random_features", 32),
-        **fields,
-    )
-    mechanism = KernelAttention(config).eval()
+    mechanism = KernelAttention(make_config(kernel, **fields)).eval()
     if kernel == "hedgehog":  # move W away from its identity init so the test means something
         with torch.no_grad():
             mechanism.feature_map.weight.add_(torch.randn_like(mechanism.feature_map.weight) * 0.3)
@@ -70,7 +76,7 @@ def kernel_reference(mechanism: KernelAttention, q, k, v, padding_mask, causal: 
 
 def decode(mechanism: KernelAttention, q, k, v, padding_mask, prefill: int = 0) -> torch.Tensor:
     """Causal attention through the cache: a prefill of ``prefill`` tokens, then one token a step."""
-    cache = KernelAttention.new_cache(SimpleNamespace(num_hidden_layers=1))
+    cache = KernelAttention.new_cache(make_config(mechanism.kernel))
     outputs, start = [], 0
     for stop in ([prefill] if prefill else []) + list(range(prefill + 1, q.shape[-2] + 1)):
         mask = None if padding_mask is None else padding_mask[:, :stop]
@@ -100,14 +106,8 @@ def favor_error(num_features: int, orthogonal: bool, seeds: range, scale: float 
     """Mean |FAVOR+ − exact softmax attention| over seeds of the random features."""
     q, k, v = qkv(batch=1, length=32, scale=scale, seed=1234, dim=16, heads=4)
     exact = dense_reference_attention(q, k, v)
-    config = SimpleNamespace(
-        num_attention_heads=4,
-        hidden_size=64,
-        attention_probs_dropout_prob=0.0,
-        kernel="softmax",
-        num_random_features=num_features,
-        orthogonal_features=orthogonal,
-    )
+    config = make_config(num_attention_heads=4, hidden_size=64, num_random_features=num_features,
+                         orthogonal_features=orthogonal)
     mechanism = KernelAttention(config).eval()
     errors = []
     for seed in seeds:
@@ -300,17 +300,23 @@ def test_hybrid_window_is_padding_invariant(special_tokens: bool) -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"kernel": "softmax", "hybrid_window": 4}, "are for the hedgehog kernel"),
-        ({"kernel": "hedgehog", "hybrid_window": 0}, "hybrid_window"),
-        ({"kernel": "hedgehog", "hybrid_window": 4, "is_decoder": True}, "bidirectional only"),
-        ({"kernel": "elu", "hybrid_special_tokens": True}, "for the hedgehog kernel"),
-        ({"kernel": "hedgehog", "hybrid_special_tokens": 1}, "hybrid_special_tokens must be True or False"),
-        ({"kernel": "hedgehog", "hybrid_special_tokens": True, "is_decoder": True}, "bidirectional only"),
+        ({"hybrid_window": 0}, "hybrid_window"),
+        ({"hybrid_window": 4, "is_decoder": True}, "bidirectional only"),
+        ({"hybrid_special_tokens": 1}, "hybrid_special_tokens must be True or False"),
+        ({"hybrid_special_tokens": True, "is_decoder": True}, "bidirectional only"),
     ],
 )
 def test_hybrid_window_bad_config(fields, message) -> None:
     with pytest.raises(ValueError, match=message):
-        make(**fields)
+        make("hedgehog", **fields)
+
+
+def test_hybrid_refuses_a_config_made_causal_after_it_was_built() -> None:
+    """A causal LM head sets ``is_decoder`` on a config already checked: the mechanism still refuses."""
+    config = make_config("hedgehog", hybrid_window=4)
+    config.is_decoder = True
+    with pytest.raises(ValueError, match="bidirectional only"):
+        KernelAttention(config)
 
 
 @pytest.mark.parametrize("fields", [{"hybrid_window": 4}, {"hybrid_special_tokens": True}])
@@ -369,7 +375,7 @@ def test_redraw_only_in_training_and_on_schedule() -> None:
 
     # A redraw while a cache holds states made with the old features is an error, not silence.
     mechanism.eval()
-    cache = KernelAttention.new_cache(SimpleNamespace(num_hidden_layers=1))
+    cache = KernelAttention.new_cache(make_config())
     mechanism(q[:, :, :4], k[:, :, :4], v[:, :, :4], causal=True, cache=cache)
     mechanism.feature_map.redraw()
     with pytest.raises(RuntimeError, match="redrawn"):
@@ -390,15 +396,8 @@ def test_redraw_from_generator_is_reproducible() -> None:
 def test_bf16_autocast_long_sequence_with_bert_norms(kernel: str) -> None:
     """L = 8192, head_dim 32, q/k entries N(0, 1) (norms ≈ 5.7) and some rows of norm 20."""
     length, dim = 8192, 32
-    config = SimpleNamespace(
-        num_attention_heads=1,
-        hidden_size=dim,
-        attention_probs_dropout_prob=0.0,
-        kernel=kernel,
-        num_random_features=64,
-        causal_chunk_size=64,
-    )
-    mechanism = KernelAttention(config)
+    fields = {"num_random_features": 64} if CONFIG_CLASSES[kernel] is PerformerConfig else {}
+    mechanism = KernelAttention(make_config(kernel, num_attention_heads=1, hidden_size=dim, **fields))
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 1, length, dim, generator=generator) for _ in range(3))
     for t in (q, k):
@@ -425,16 +424,7 @@ def largest_allocation(fn) -> int:
 def test_never_allocates_length_squared() -> None:
     length = 8192
     assert largest_allocation(lambda: torch.zeros(1024, 1024)) >= 1024 * 1024 * 4  # the probe sees allocations
-    mechanism = KernelAttention(
-        SimpleNamespace(
-            num_attention_heads=1,
-            hidden_size=8,
-            attention_probs_dropout_prob=0.0,
-            kernel="softmax",
-            num_random_features=16,
-            causal_chunk_size=64,
-        )
-    )
+    mechanism = KernelAttention(make_config(num_attention_heads=1, hidden_size=8, num_random_features=16))
     q, k, v = (torch.randn(1, 1, length, 8, requires_grad=True) for _ in range(3))
     for causal in (False, True):
         peak = largest_allocation(lambda causal=causal: mechanism(q, k, v, causal=causal).sum().backward())
@@ -454,10 +444,7 @@ def test_hybrid_memory_is_linear_in_length() -> None:
 
 
 def test_cache_interface() -> None:
-    config = SimpleNamespace(
-        num_hidden_layers=2, num_attention_heads=HEADS, hidden_size=HEADS * HEAD_DIM, attention_probs_dropout_prob=0.0
-    )
-    cache = KernelAttention.new_cache(config)
+    cache = KernelAttention.new_cache(make_config("elu", num_hidden_layers=2))
     assert isinstance(cache, KernelAttentionCache) and len(cache.layers) == 2 and cache.get_seq_length() == 0
     mechanism = make("elu")
     q, k, v = qkv(batch=2, length=6)
@@ -476,21 +463,40 @@ def test_cache_interface() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
+    ("kernel", "field", "value"),
     [
-        ("kernel", "gaussian"),
-        ("num_random_features", 0),
-        ("num_random_features", 1.5),
-        ("orthogonal_features", "yes"),
-        ("feature_redraw_interval", 0),
-        ("causal_chunk_size", -1),
-        ("hedgehog_feature_dim", True),
-        ("hidden_size", 15),
+        ("softmax", "kernel", "gaussian"),
+        ("softmax", "kernel", "hedgehog"),  # its fields live on HedgehogConfig
+        ("elu", "kernel", "softmax"),
+        ("softmax", "num_random_features", 0),
+        ("relu", "num_random_features", 1.5),
+        ("softmax", "orthogonal_features", "yes"),
+        ("softmax", "feature_redraw_interval", 0),
+        ("elu", "causal_chunk_size", -1),
+        ("hedgehog", "hedgehog_feature_dim", True),
+        ("softmax", "hidden_size", 15),
     ],
 )
-def test_bad_config_values(field: str, value) -> None:
+def test_bad_config_values(kernel: str, field: str, value) -> None:
+    """The config checks its fields when it is built, naming the field."""
     with pytest.raises(ValueError, match=field):
-        make(**{field: value})
+        make_config(kernel, **{field: value})
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_variant_configs_give_the_defaults(kernel: str) -> None:
+    """The config's defaults are the mechanism's: 256 orthogonal features never redrawn, chunks of 64,
+    Hedgehog's W of width head_dim and no softmax window."""
+    config_class = CONFIG_CLASSES[kernel]
+    fields = {"kernel": kernel} if config_class is PerformerConfig else {}
+    mechanism = KernelAttention(config_class(**fields))
+    assert (mechanism.kernel, mechanism.causal_chunk_size, mechanism.hybrid) == (kernel, 64, False)
+    feature_map = mechanism.feature_map
+    if kernel in ("softmax", "relu"):
+        drawn = (feature_map.num_features, feature_map.orthogonal, feature_map.feature_redraw_interval)
+        assert drawn == (256, True, None)
+    else:
+        assert feature_map.num_features == (64 if kernel == "elu" else 128)  # BERT-base head_dim 64
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
