@@ -119,8 +119,19 @@ def test_no_import_circle():
     assert not circles, circles
 
 
+def test_shared_attention_operations_know_no_mechanism():
+    """``attention/ops`` lies below the mechanisms: nothing it reaches, directly or not, is one of them."""
+    reached, todo = set(), [module for module in MODULES if module.startswith("effzoo.attention.ops")]
+    while todo:
+        for target in GRAPH[todo.pop()] - reached:
+            reached.add(target)
+            todo.append(target)
+    assert "effzoo.attention.base" not in reached, sorted(reached)
+
+
 def test_the_graph_sees_imports():
     """The reader is not blind: known edges are found (a relative one, one inside a function)."""
     assert "effzoo.attention.base" in GRAPH["effzoo.attention.full"]
+    assert "effzoo.attention.ops.layout" in GRAPH["effzoo.attention.local"]
     assert "effzoo.modeling.backbone" in GRAPH["effzoo.variants"]
     assert "effzoo" in GRAPH["effzoo.bench.harness"]  # `from .. import __version__` inside a function

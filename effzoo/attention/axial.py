@@ -16,14 +16,8 @@ from typing import Any
 
 import torch
 
-from .blocksparse import (
-    BlockSparseAttention,
-    HeadGroup,
-    KeyBlocks,
-    Part,
-    residue_order,
-    round_up,
-)
+from .blocksparse import BlockSparseAttention
+from .ops.layout import HeadGroup, KeyBlocks, Part, residue_order, round_up
 
 
 class AxialAttention(BlockSparseAttention):

@@ -3,7 +3,7 @@
 ``torch.nn.attention.flex_attention`` compiled with a ``BlockMask`` skips the key blocks a query
 block does not see and evaluates the pattern (a ``mask_mod``) only inside the blocks it sees
 partly, without gathering keys. On CPU (torch 2.13) it has no backward, so it serves inference
-only (no gradient, no dropout); training takes the block-gather path of ``blocksparse.py``.
+only (no gradient, no dropout); training takes the block-gather path of ``ops/block_attention.py``.
 Both compute the same pattern from the same layout, so their outputs agree to round-off.
 
 The ``BlockMask`` is built from the layout's block lists (``BlockMask.from_kv_blocks``), never

@@ -12,13 +12,8 @@ from typing import Any
 
 import torch
 
-from .blocksparse import (
-    BlockSparseAttention,
-    HeadGroup,
-    KeyBlocks,
-    Part,
-    round_up,
-)
+from .blocksparse import BlockSparseAttention
+from .ops.layout import HeadGroup, KeyBlocks, Part, round_up
 
 
 class LocalAttention(BlockSparseAttention):

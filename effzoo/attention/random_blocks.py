@@ -17,13 +17,8 @@ from typing import Any
 
 import torch
 
-from .blocksparse import (
-    BlockSparseAttention,
-    HeadGroup,
-    KeyBlocks,
-    Part,
-    round_up,
-)
+from .blocksparse import BlockSparseAttention
+from .ops.layout import HeadGroup, KeyBlocks, Part, round_up
 
 _MODULUS = 2**31 - 1  # a prime: products of two residues fit in int64
 

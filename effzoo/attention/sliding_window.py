@@ -19,16 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocksparse import (
-    BlockSparseAttention,
-    HeadGroup,
-    KeyBlocks,
-    Part,
-    Predicate,
-    head_runs,
-    residue_order,
-    round_up,
-)
+from .blocksparse import BlockSparseAttention
+from .ops.layout import HeadGroup, KeyBlocks, Part, Predicate, head_runs, residue_order, round_up
 
 #: Query blocks are about as long as the one-sided window (the fastest on CPU, measured), in
 #: multiples of this, so that a block sees its neighbours on each side and little more.

@@ -24,15 +24,8 @@ from typing import Any
 
 import torch
 
-from .blocksparse import (
-    BlockSparseAttention,
-    HeadGroup,
-    KeyBlocks,
-    Part,
-    Predicate,
-    residue_order,
-    round_up,
-)
+from .blocksparse import BlockSparseAttention
+from .ops.layout import HeadGroup, KeyBlocks, Part, Predicate, residue_order, round_up
 
 
 def _without(allowed: Predicate, excluded: Predicate) -> Predicate:

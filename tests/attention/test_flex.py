@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from effzoo.attention import blocksparse
 from effzoo.attention.local import LocalAttention
+from effzoo.attention.ops import block_attention
 from effzoo.attention.random_blocks import RandomBlocksAttention
 from effzoo.attention.sliding_window import SlidingWindowAttention
 from effzoo.attention.strided import StridedAttention
@@ -36,8 +36,8 @@ def flex_calls(monkeypatch):
         calls.append(context is not None)
         return context
 
-    original = blocksparse.attend_group_flex
-    monkeypatch.setattr(blocksparse, "attend_group_flex", recording)
+    original = block_attention.attend_group_flex
+    monkeypatch.setattr(block_attention, "attend_group_flex", recording)
     return calls
 
 

@@ -14,10 +14,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from effzoo import AxialConfig, EffzooBigBirdConfig, EffzooLongformerConfig, LocalConfig, SparseConfig
-from effzoo.attention import FullAttention, blocksparse, dense_reference_attention
+from effzoo.attention import FullAttention, dense_reference_attention
 from effzoo.attention.axial import AxialAttention
 from effzoo.attention.kv_cache import SinkSlidingWindowLayer
 from effzoo.attention.local import LocalAttention
+from effzoo.attention.ops import block_attention, chunking
 from effzoo.attention.random_blocks import RandomBlocksAttention
 from effzoo.attention.sliding_window import SlidingWindowAttention
 from effzoo.attention.strided import StridedAttention
@@ -269,9 +270,9 @@ def test_gradients_equal_dense_reference(name, causal, chunk_rows, pieces, monke
         pytest.skip("bidirectional only")
     if chunk_rows is not None:
         monkeypatch.setattr(
-            blocksparse,
-            "_chunks",
-            lambda q, parts, batch: (blocksparse.chunk_slices(q.shape[0], q.shape[1], chunk_rows), pieces),
+            chunking,
+            "chunk_plan",
+            lambda q, parts, batch: (chunking.chunk_slices(q.shape[0], q.shape[1], chunk_rows), pieces),
         )
     mechanism, reference, extra_global = build(name)
     lengths = [37, 26, 0]
@@ -292,7 +293,7 @@ def test_chunks_cover_every_head_and_batch_row_once_within_the_budget():
     for heads, batch_size in [(4, 3), (12, 1), (1, 5)]:
         for rows in range(1, heads * batch_size + 2):
             covered = torch.zeros(heads, batch_size, dtype=torch.int)
-            for head_slice, row_slice in blocksparse.chunk_slices(heads, batch_size, rows):
+            for head_slice, row_slice in chunking.chunk_slices(heads, batch_size, rows):
                 covered[head_slice, row_slice] += 1
                 assert covered[head_slice, row_slice].numel() <= rows
             assert (covered == 1).all(), (heads, batch_size, rows)
@@ -301,7 +302,7 @@ def test_chunks_cover_every_head_and_batch_row_once_within_the_budget():
 @pytest.mark.parametrize("num_blocks, pieces", [(7, 1), (7, 2), (7, 3), (2, 3), (256, 3)])
 def test_pieces_cover_every_query_block_once(num_blocks, pieces):
     covered = torch.zeros(num_blocks, dtype=torch.int)
-    for blocks in blocksparse._piece_slices(num_blocks, pieces):
+    for blocks in chunking.piece_slices(num_blocks, pieces):
         assert blocks is None or blocks.stop > blocks.start
         covered[slice(None) if blocks is None else blocks] += 1
     assert (covered == 1).all()
@@ -615,8 +616,8 @@ def test_windowed_patterns_run_short_inputs_dense_and_long_ones_in_blocks(config
     mechanism = get_variant(config.model_type.removeprefix("effzoo-")).model_classes["AutoModel"](config)
     mechanism = mechanism.encoder.layer[0].attention.self.mechanism
     calls = []
-    original = blocksparse._attend_group_dense
-    monkeypatch.setattr(blocksparse, "_attend_group_dense", lambda *a: calls.append(1) or original(*a))
+    original = block_attention._attend_group_dense
+    monkeypatch.setattr(block_attention, "_attend_group_dense", lambda *a: calls.append(1) or original(*a))
     hidden_states = torch.randn(1, 1024, HIDDEN)
     for length in (900, 1024):
         q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM) for _ in range(3))
