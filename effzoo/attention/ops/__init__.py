@@ -1,6 +1,7 @@
 """Shared operations of the sparse mechanisms: layouts, gathers, masks and the block-sparse engine.
 
-The mechanisms at the top of ``effzoo.attention`` give a pattern; these modules run it.
+The mechanisms at the top of ``effzoo.attention`` give a pattern; these modules run it. Each fast
+operation has a plain, slow reference beside it (``naive_*``) that the tests compare it with.
 
 - ``permutation``: positions in another order and back (``reorder``, ``restore``).
 - ``layout``: block layouts (``KeyBlocks``, ``Part``, ``HeadGroup``) and their helpers.

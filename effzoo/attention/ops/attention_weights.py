@@ -2,7 +2,8 @@
 
 ``output_attentions=True`` for a sparse pattern returns exactly the (query, key) pairs the
 forward attended and their softmax weights, formed a chunk at a time on the gathered blocks,
-never as an L×L tensor.
+never as an L×L tensor. :func:`naive_block_sparse_attention_weights` is the plain reference:
+one dense softmax under the same layout's L×L pattern.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from . import chunking
 from .global_tokens import GlobalTokens
-from .key_masks import PackedBatch, part_mask
+from .key_masks import PackedBatch, dense_pattern, part_mask
 from .layout import HeadGroup, Part, select_heads
 from .query_blocks import blocked_like, part_keys, unblock
 
@@ -113,3 +114,38 @@ def _global_row_weights(q, k, batch: PackedBatch, weights: torch.Tensor | None) 
     kept = (tokens.valid[:, None, :, None] & real[:, None, None, :]).expand_as(weights)
     row, head, token, key = kept.nonzero(as_tuple=True)
     return torch.stack([row, head, tokens.positions[row, token], key]), weights[row, head, token, key]
+
+
+def naive_block_sparse_attention_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    groups: Sequence[HeadGroup],
+    *,
+    lengths: torch.Tensor,
+    global_tokens: GlobalTokens | None = None,
+    causal: bool = False,
+    global_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference of :func:`block_sparse_attention_weights` (same inputs and outputs, entries
+    in (batch, head, query, key) order): one float64 softmax of the L×L scores under each head
+    group's :func:`~.key_masks.dense_pattern`, global rows over every real key (bidirectional) or
+    ``global_weights``; the entries are the allowed pairs of the real queries."""
+    batch = PackedBatch(lengths=lengths.int(), global_tokens=global_tokens, causal=causal, dropout_p=0.0)
+    batch_size, num_heads, length, dim = q.shape
+    allowed = torch.cat([
+        dense_pattern(group, batch, length, q.device).transpose(0, 1)
+        .expand(batch_size, len(range(*group.heads.indices(num_heads))), length, length)
+        for group in groups
+    ], dim=1)
+    real = torch.arange(length, device=q.device) < lengths[:, None]
+    with_global_rows = global_tokens is not None and not causal
+    if with_global_rows:
+        allowed = torch.where(global_tokens.mask[:, None, :, None], real[:, None, None, :], allowed)
+    scores = q.double() @ k.double().transpose(-1, -2) / math.sqrt(dim)
+    weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    if with_global_rows and global_weights is not None:
+        row, token = global_tokens.valid.nonzero(as_tuple=True)
+        weights = weights.clone()
+        weights[row, :, global_tokens.positions[row, token]] = global_weights[row, :, token].double()
+    kept = allowed & real[:, None, :, None]
+    return kept.nonzero().t(), weights[kept].to(q.dtype)

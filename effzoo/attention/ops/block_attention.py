@@ -7,6 +7,9 @@ faster, and used instead). The engine adds causality, padding and global tokens 
 sees the global keys; global queries see every key, one SDPA on the g global rows, or the
 mechanism's own context for them). On CPU without dropout the fused, chunked flash kernel runs
 (``chunked_flash.py``); in inference compiled flex attention may (``attention/flex.py``).
+
+:func:`naive_block_sparse_attention` is the plain reference of :func:`block_sparse_attention`:
+dense softmax attention under the same layout's L×L pattern.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..flex import attend_group_flex, supports_flex
+from ..reference import dense_reference_attention
 from .chunked_flash import chunked_flash_attention
 from .global_tokens import GlobalTokens
 from .key_masks import PackedBatch, dense_pattern, key_mask, part_mask, with_empty_rows
@@ -87,10 +91,15 @@ def _part_inputs(q, k, v, part: Part, batch: PackedBatch, with_globals: bool):
 
 
 def _attend_group_blocks(q, k, v, group: HeadGroup, batch: PackedBatch) -> torch.Tensor:
-    """SDPA on gathered blocks: fused and chunked on CPU without dropout (``chunked_flash.py``);
-    elsewhere one SDPA call for a one-part group, a merged softmax for several."""
+    """SDPA on gathered blocks: fused and chunked on CPU without dropout (``chunked_flash.py``),
+    else :func:`_attend_group_sdpa`."""
     if q.device.type == "cpu" and not batch.dropout_p:
         return chunked_flash_attention(q, k, v, group, batch)
+    return _attend_group_sdpa(q, k, v, group, batch)
+
+
+def _attend_group_sdpa(q, k, v, group: HeadGroup, batch: PackedBatch) -> torch.Tensor:
+    """One SDPA call on the gathered blocks of a one-part group, a merged softmax for several."""
     inputs = [_part_inputs(q, k, v, part, batch, with_globals=i == 0) for i, part in enumerate(group.parts)]
     if len(inputs) > 1:
         return _merged_softmax(inputs, group.parts, batch)
@@ -136,3 +145,35 @@ def _attend_group_dense(q, k, v, group: HeadGroup, batch: PackedBatch) -> torch.
     mask, empty = with_empty_rows(dense_pattern(group, batch, q.shape[2], q.device))
     context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=batch.dropout_p)
     return context if empty is None else context.masked_fill(empty, 0.0)
+
+
+def naive_block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    groups: Sequence[HeadGroup],
+    *,
+    lengths: torch.Tensor,
+    global_tokens: GlobalTokens | None = None,
+    causal: bool = False,
+    global_context: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The reference of :func:`block_sparse_attention` (same inputs, no dropout): each head group's
+    L×L :func:`~.key_masks.dense_pattern`, global rows seeing every real key (bidirectional), in
+    :func:`~effzoo.attention.reference.dense_reference_attention`; global rows then take
+    ``global_context`` where given. Rows of padding are not zeroed, as in the fast path."""
+    batch = PackedBatch(lengths=lengths.int(), global_tokens=global_tokens, causal=causal, dropout_p=0.0)
+    length = q.shape[2]
+    real = torch.arange(length, device=q.device) < lengths[:, None]
+    contexts = []
+    for group in groups:
+        allowed = dense_pattern(group, batch, length, q.device).transpose(0, 1)  # (batch, heads or 1, L, L)
+        if global_tokens is not None and not causal:
+            allowed = torch.where(global_tokens.mask[:, None, :, None], real[:, None, None, :], allowed)
+        contexts.append(dense_reference_attention(q[:, group.heads], k[:, group.heads], v[:, group.heads], allowed))
+    context = torch.cat(contexts, dim=1)
+    if global_context is not None and global_tokens is not None and not causal:
+        row, token = global_tokens.valid.nonzero(as_tuple=True)
+        context = context.clone()
+        context[row, :, global_tokens.positions[row, token]] = global_context[row, :, token]
+    return context

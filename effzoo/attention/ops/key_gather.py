@@ -3,7 +3,8 @@
 :func:`gather_keys` writes each query block's keys from every :class:`~.layout.KeyBlocks` source,
 then keys shared by every block (the global tokens), once into one buffer, and its backward
 accumulates each piece into its source's blocks; neighbour sources are gathered by shifting,
-the others by index.
+the others by index. :func:`naive_gather_keys` reads the same keys position by position from
+:meth:`~.layout.KeyBlocks.positions`, the reference the tests compare it with.
 """
 
 from __future__ import annotations
@@ -57,3 +58,23 @@ def gather_keys(x: torch.Tensor, sources: Sequence[KeyBlocks], tail: torch.Tenso
     if len(sources) == 1 and sources[0].offsets == (0,) and tail is None:
         return blocks[0]
     return _GatheredKeys.apply(tuple(sources), tail, *blocks)
+
+
+def naive_gather_keys(
+    x: torch.Tensor, sources: Sequence[KeyBlocks], tail: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The reference of :func:`gather_keys`: x at every source's key positions, concatenated,
+    then ``tail``; plain autograd, one gather per source. Where a block does not exist it gives
+    zeros, and :func:`gather_keys` whatever the masks drop (compare the existing keys only)."""
+    heads, batch, _, dim = x.shape
+    pieces = []
+    for source in sources:
+        positions = source.positions()
+        positions = positions.expand(heads, batch, *positions.shape[2:])
+        num_blocks, width = positions.shape[2:]
+        flat = positions.clamp(min=0).reshape(heads, batch, -1, 1).expand(-1, -1, -1, dim)
+        keys = x.gather(2, flat).view(heads, batch, num_blocks, width, dim)
+        pieces.append(keys.masked_fill((positions < 0)[..., None], 0.0))
+    if tail is not None:
+        pieces.append(tail[:, :, None].expand(-1, -1, pieces[0].shape[2], -1, -1))
+    return torch.cat(pieces, dim=3)

@@ -3,7 +3,8 @@
 A layout may cut the sequence in another order of the positions (a residue order makes dilated
 windows, strides and grid columns contiguous). :func:`reorder` and :func:`restore` move the
 positions of a (..., L, dim) tensor into that order and out of it; their backward is a gather
-too, not the scatter-add of a plain ``index_select``.
+too, not the scatter-add of a plain ``index_select``. :func:`naive_reorder` and
+:func:`naive_restore` are the plain forms the tests compare them with.
 """
 
 from __future__ import annotations
@@ -42,3 +43,13 @@ def reorder(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
 def restore(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
     """The inverse of :func:`reorder`."""
     return x if order is None else _Reorder.apply(x, inverse_permutation(order))
+
+
+def naive_reorder(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """The reference of :func:`reorder`: a plain ``index_select`` (its backward is a scatter-add)."""
+    return x if order is None else x.index_select(2, order)
+
+
+def naive_restore(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """The reference of :func:`restore`: ``index_select`` by the inverse that ``argsort`` finds."""
+    return x if order is None else x.index_select(2, torch.argsort(order))
