@@ -48,3 +48,33 @@ def test_every_relative_link_points_to_a_file_in_the_repository():
             if not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert not broken, "\n".join(broken)
+
+
+VARIANT_INDEX = ROOT / "docs" / "variants.md"
+VARIANT_PAGES = ROOT / "docs" / "variants"
+CITED_TEST = re.compile(r"`(tests/[\w/]+\.py)::(\w+)")
+
+
+def test_every_registered_variant_has_a_linked_page_that_names_its_config_class():
+    linked = set(LINK.findall(VARIANT_INDEX.read_text()))
+    problems = []
+    for name, variant in VARIANTS.items():
+        page = VARIANT_PAGES / f"{name}.md"
+        if not page.exists():
+            problems.append(f"{name}: no docs/variants/{name}.md")
+            continue
+        if f"variants/{name}.md" not in linked:
+            problems.append(f"{name}: docs/variants.md does not link variants/{name}.md")
+        if f"`{variant.config_class.__name__}`" not in page.read_text():
+            problems.append(f"{name}: its page does not name {variant.config_class.__name__}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_tests_a_variant_page_cites_exist():
+    missing = []
+    for page in sorted(VARIANT_PAGES.glob("*.md")):
+        for path, name in CITED_TEST.findall(page.read_text()):
+            test_file = ROOT / path
+            if not test_file.exists() or not re.search(rf"^def {name}\(", test_file.read_text(), re.MULTILINE):
+                missing.append(f"docs/variants/{page.name} -> {path}::{name}")
+    assert not missing, "\n".join(missing)
