@@ -124,6 +124,17 @@ from .modeling.reformer import (
     EffzooReformerModel,
     EffzooReformerPreTrainedModel,
 )
+from .configs.routing import RoutingConfig
+from .modeling.routing import (
+    RoutingForCausalLM,
+    RoutingForMaskedLM,
+    RoutingForMultipleChoice,
+    RoutingForQuestionAnswering,
+    RoutingForSequenceClassification,
+    RoutingForTokenClassification,
+    RoutingModel,
+    RoutingPreTrainedModel,
+)
 
 from .conversion import compare_with_source, convert
 from .variants import VARIANTS, get_variant, register_all
@@ -251,4 +262,13 @@ __all__ = [
     "EffzooReformerForTokenClassification",
     "EffzooReformerModel",
     "EffzooReformerPreTrainedModel",
+    "RoutingConfig",
+    "RoutingForCausalLM",
+    "RoutingForMaskedLM",
+    "RoutingForMultipleChoice",
+    "RoutingForQuestionAnswering",
+    "RoutingForSequenceClassification",
+    "RoutingForTokenClassification",
+    "RoutingModel",
+    "RoutingPreTrainedModel",
 ]

@@ -23,6 +23,7 @@ from .modeling import local as local_modeling
 from .modeling import longformer as longformer_modeling
 from .modeling import performer as performer_modeling
 from .modeling import reformer as reformer_modeling
+from .modeling import routing as routing_modeling
 from .modeling import sparse as sparse_modeling
 from .modeling.backbone import EffzooModel, EffzooPreTrainedModel
 from .modeling.heads import (
@@ -92,6 +93,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("sparse", sparse_modeling, "Sparse Transformer's strided or fixed factorized patterns"),
         Variant("axial", axial_modeling, "attention along the rows and the columns of a 2-D grid"),
         Variant("reformer", reformer_modeling, "angular LSH: attend inside hash buckets, several rounds combined"),
+        Variant("routing", routing_modeling,
+                "online k-means routing: each cluster attends its nearest tokens, beside local heads"),
     ]
 }
 

@@ -2,9 +2,9 @@
 Transformers*, arXiv:2003.05997): queries and keys routed to learned clusters by online k-means.
 
 Each routing head has ``num_clusters`` unit centroids μ_c. Queries and keys are L2-normalised
-for routing (§3.1, spherical k-means), and every cluster takes the ``cluster_window`` real queries
+for routing (spherical k-means), and every cluster takes the ``cluster_window`` real queries
 and the ``cluster_window`` real keys nearest to it (largest cosine): the paper's balanced
-assignment (§4.1), which gives every cluster the same size, so all clusters are one batched
+assignment, which gives every cluster the same size, so all clusters are one batched
 (batch, heads, clusters, window, window) score tensor, O(L · window) memory, never L × L. Query i
 attends key j iff some cluster took both (and with ``causal``, j ≤ i; with shared queries and keys
 a token attends its own key only when nothing else is there, as Reformer's shared-QK attention).
@@ -18,7 +18,7 @@ give, and their rows are zeros.
 
 The centroids are a buffer, drawn from ``routing_seed`` (random, unit norm) until conversion
 calibrates them (:meth:`RoutingAttention.calibrate`). In training they follow the data by an
-exponential moving average (§3.1): each real query and key is assigned to its nearest centroid,
+exponential moving average: each real query and key is assigned to its nearest centroid,
 and μ_c ← normalise(λ μ_c + (1 − λ) normalise(mean of its vectors)), λ = ``centroid_decay``;
 a centroid that no token chose keeps its place. Under ``torch.distributed`` the sums and counts
 are all-reduced first, so every rank holds the same centroids (DDP's buffer broadcast then

@@ -10,6 +10,7 @@ from .local import LocalConfig
 from .longformer import EffzooLongformerConfig
 from .performer import PerformerConfig
 from .reformer import EffzooReformerConfig
+from .routing import RoutingConfig
 from .sparse import SparseConfig
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     "EffzooLongformerConfig",
     "PerformerConfig",
     "EffzooReformerConfig",
+    "RoutingConfig",
     "SparseConfig",
 ]

@@ -12,7 +12,7 @@ from .local import LocalConfig
 class RoutingConfig(EffzooConfig):
     """Routing attention: each of ``num_clusters`` centroids takes its ``cluster_window`` nearest queries
     and keys (cosine), and a query attends the keys of every cluster that took it; beside the routing
-    heads, ``num_local_heads`` heads attend a local window (the paper's mix, §4).
+    heads, ``num_local_heads`` heads attend a local window (the paper's mix).
 
     - ``num_clusters``: centroids per routing head; None for round(√``max_position_embeddings``) (23 at
       512, 8 at 64): the paper's choice, which balances the cost of routing (L · clusters) against that
@@ -27,10 +27,10 @@ class RoutingConfig(EffzooConfig):
     - ``local_window``: the block length of the local heads; a block sees itself and one block on each
       side (causal: itself and the block before), as the ``local`` variant with ``block_size`` =
       ``local_window``. Default 256, the ``local`` variant's block.
-    - ``centroid_decay``: the exponential moving average of the centroids' online k-means (§3.1), in (0, 1).
+    - ``centroid_decay``: the exponential moving average of the centroids' online k-means, in (0, 1).
     - ``routing_seed``: seed of the mechanism's own generator for the initial centroids (random, unit
       norm, the same in every layer) until conversion calibrates them.
-    - ``shared_qk``: keys are the (scaled) queries, as the paper's causal models (§4.1); None for True
+    - ``shared_qk``: keys are the (scaled) queries, as the paper's causal models; None for True
       when the model is causal (``is_decoder``, a causal LM) and False otherwise (BERT's Q and K differ).
       A causal model with separate queries and keys is refused.
     """
@@ -101,7 +101,7 @@ class RoutingConfig(EffzooConfig):
         if self.is_decoder and not self.shared_qk and self.routing_head_count:
             raise ValueError(
                 "shared_qk=False cannot be causal (is_decoder=True, a causal LM): causal routing needs shared "
-                "queries and keys (Roy et al. 2021, §4.1), so that every query is routed with its own key. "
+                "queries and keys (Roy et al. 2021), so that every query is routed with its own key. "
                 "Set shared_qk=True (or None, which follows is_decoder)."
             )
         return self.shared_qk

@@ -14,9 +14,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.checkpoint import checkpoint
 
+import effzoo
 from effzoo.attention.full import FullAttention
 from effzoo.attention.local import LocalAttention
 from effzoo.attention.lsh import shared_qk_keys
@@ -246,6 +248,41 @@ def test_recomputation_inside_the_backward_sees_the_clusters_of_the_forward():
     torch.testing.assert_close(checkpointed.centroids, plain.centroids)
 
 
+def test_eval_is_deterministic_and_save_load_gives_identical_outputs(tmp_path):
+    config = RoutingConfig(**{**TINY, "vocab_size": 99, "num_attention_heads": 4, "num_hidden_layers": 2},
+                           num_clusters=3, num_local_heads=2, local_window=4, routing_seed=5)
+    torch.manual_seed(0)
+    model = effzoo.RoutingForMaskedLM(config).eval()
+    input_ids = torch.randint(5, 99, (2, 17))
+    mask = torch.ones_like(input_ids)
+    mask[1, 12:] = 0
+    with torch.no_grad():
+        first = model(input_ids, attention_mask=mask).logits
+        assert torch.equal(first, model(input_ids, attention_mask=mask).logits)
+    model.save_pretrained(tmp_path)
+    reloaded = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
+    mechanism_of = reloaded.bert.encoder.layer[1].attention.self.mechanism
+    assert torch.equal(mechanism_of.centroids, model.bert.encoder.layer[1].attention.self.mechanism.centroids)
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids, attention_mask=mask).logits, first)
+
+
+def test_centroids_are_drawn_from_the_routing_seed_and_restored_after_meta_init():
+    attention = mechanism(routing_seed=7)
+    drawn = torch.randn(attention.centroids.shape, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(attention.centroids, F.normalize(drawn, dim=-1))
+    config = RoutingConfig(**{**TINY, "vocab_size": 99}, num_clusters=3, routing_seed=7)
+    with torch.device("meta"):
+        model = effzoo.RoutingModel(config)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        model.encoder.layer[0].attention.self.mechanism.centroids.fill_(float("nan"))
+    model.init_weights()
+    restored = model.encoder.layer[0].attention.self.mechanism.centroids  # one routing head beside one local
+    one_head = torch.randn(1, 3, 8, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(restored, F.normalize(one_head, dim=-1))
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_local_heads_equal_their_own_mechanism_on_their_slice(causal):
     attention = mechanism(num_attention_heads=4, hidden_size=32, num_local_heads=2, local_window=4, shared_qk=causal)
@@ -269,6 +306,16 @@ def test_local_heads_equal_their_own_mechanism_on_their_slice(causal):
 def test_bad_settings_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         RoutingConfig(**TINY, **{field: value})
+
+
+def test_a_causal_model_with_separate_queries_and_keys_is_refused():
+    with pytest.raises(ValueError, match="Set shared_qk=True"):
+        RoutingConfig(**TINY, is_decoder=True, shared_qk=False)
+    with pytest.raises(ValueError, match="Set shared_qk=True"):
+        effzoo.RoutingForCausalLM(RoutingConfig(**{**TINY, "vocab_size": 99}, shared_qk=False))
+    with pytest.raises(ValueError, match="shared_qk=True"):
+        mechanism(shared_qk=False)(*qkv(), causal=True)
+    assert RoutingConfig(**TINY, is_decoder=True).uses_shared_qk() and not RoutingConfig(**TINY).uses_shared_qk()
 
 
 def test_defaults_follow_the_configured_length():
@@ -324,6 +371,18 @@ def test_a_decoding_step_attends_the_window_its_nearest_centroid_takes():
             allowed[0, h, 0, j] = j != LENGTH - 1
     allowed |= ~allowed.any(-1, keepdim=True) & (torch.arange(LENGTH) == LENGTH - 1)
     torch.testing.assert_close(out, dense_reference_attention(q[:, :, -1:], keys, v, allowed), atol=1e-5, rtol=1e-5)
+
+
+def test_generate_runs_with_several_clusters():
+    config = RoutingConfig(**{**TINY, "vocab_size": 99, "num_attention_heads": 4, "hidden_size": 32},
+                           num_clusters=4, local_window=4)
+    torch.manual_seed(0)
+    model = effzoo.RoutingForCausalLM(config).eval()
+    prompts = torch.randint(5, 99, (2, 12))
+    mask = torch.ones_like(prompts)
+    mask[1, :3] = 0
+    generated = model.generate(prompts, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert generated.shape == (2, 18)
 
 
 def test_the_scores_are_clusters_by_window_by_window():
