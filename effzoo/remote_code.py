@@ -123,6 +123,7 @@ def _flattened_source(module: str, exported: set[str]) -> bytes:
     lines = path.read_bytes().splitlines(keepends=True)
     imports = sorted(_relative_imports(module), key=lambda item: (item[0].lineno, item[0].col_offset))
     for node, target, _ in reversed(imports):  # from the end, so that earlier positions stay valid
+        _refuse_submodule_import(module, node, target)
         source = f".{flat_name(target)}" if target in exported else target
         names = ", ".join(alias.name + (f" as {alias.asname}" if alias.asname else "") for alias in node.names)
         first, last = node.lineno - 1, node.end_lineno - 1
@@ -130,3 +131,16 @@ def _flattened_source(module: str, exported: set[str]) -> bytes:
         lines[first : last + 1] = [lines[first][: node.col_offset] + statement + lines[last][node.end_col_offset :]]
     header = f"# {module}, exported by {__name__} for trust_remote_code=True loading; edit the source, not this copy.\n"
     return header.encode() + b"".join(lines)
+
+
+def _refuse_submodule_import(module: str, node: ast.ImportFrom, target: str) -> None:
+    """Raise for ``from . import submodule``: Transformers' loader finds only ``from .name import``
+    lines, so the flat copy could not import a module object; import the names instead."""
+    if importlib.util.find_spec(target).submodule_search_locations is None:
+        return  # a module, not a package: its names cannot be submodules
+    for alias in node.names:
+        if importlib.util.find_spec(f"{target}.{alias.name}") is not None:
+            raise ValueError(
+                f"Cannot export {module!r}: line {node.lineno} imports the module {target}.{alias.name} itself, "
+                f"which trust_remote_code=True loading cannot follow. Write `from .{alias.name} import <names>` instead."
+            )

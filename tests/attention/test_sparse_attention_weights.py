@@ -99,10 +99,10 @@ def test_weights_with_user_global_tokens(name):
 @pytest.mark.parametrize("dense", [False, True], ids=["blocks", "dense"])
 def test_weights_are_the_same_on_the_dense_path_and_in_pieces(dense, monkeypatch):
     """The weights do not depend on the path the context takes, nor on how the engine chunks."""
-    from effzoo.attention.ops import chunking
+    from effzoo.attention.ops import attention_weights, chunking
 
     mechanism, reference, extra_global = build("axial-merged", dense_attention_below=10**6 if dense else 0)
-    monkeypatch.setattr(chunking, "chunk_plan",
+    monkeypatch.setattr(attention_weights, "chunk_plan",
                         lambda q, parts, batch: (chunking.chunk_slices(q.shape[0], q.shape[1], 1), 1))
     assert_weights_match(mechanism, reference, extra_global, True, "left")
 

@@ -18,7 +18,7 @@ from effzoo.attention import FullAttention, dense_reference_attention
 from effzoo.attention.axial import AxialAttention
 from effzoo.attention.kv_cache import SinkSlidingWindowLayer
 from effzoo.attention.local import LocalAttention
-from effzoo.attention.ops import block_attention, chunking
+from effzoo.attention.ops import block_attention, chunked_flash, chunking
 from effzoo.attention.random_blocks import RandomBlocksAttention
 from effzoo.attention.sliding_window import SlidingWindowAttention
 from effzoo.attention.strided import StridedAttention
@@ -270,7 +270,7 @@ def test_gradients_equal_dense_reference(name, causal, chunk_rows, pieces, monke
         pytest.skip("bidirectional only")
     if chunk_rows is not None:
         monkeypatch.setattr(
-            chunking,
+            chunked_flash,
             "chunk_plan",
             lambda q, parts, batch: (chunking.chunk_slices(q.shape[0], q.shape[1], chunk_rows), pieces),
         )

@@ -1,5 +1,6 @@
 """Saved checkpoints carry their own code: ``trust_remote_code=True`` loads them without effzoo."""
 
+import ast
 import site
 import subprocess
 import sys
@@ -74,3 +75,14 @@ def test_every_head_loads_without_effzoo_with_identical_outputs(variant, tmp_pat
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "loaded without effzoo" in result.stdout
+
+
+def test_export_refuses_an_import_of_a_module_object():
+    """``from . import chunking`` cannot be followed by Transformers' loader: the export says so."""
+    from effzoo.remote_code import _refuse_submodule_import
+
+    statement = ast.parse("from . import chunking").body[0]
+    with pytest.raises(ValueError, match=r"from \.chunking import <names>"):
+        _refuse_submodule_import("effzoo.attention.ops.chunked_flash", statement, "effzoo.attention.ops")
+    _refuse_submodule_import("effzoo.attention.ops.chunked_flash",
+                             ast.parse("from .chunking import chunk_plan").body[0], "effzoo.attention.ops.chunking")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import chunking
+from .chunking import batch_rows, chunk_mask, chunk_of, chunk_plan
 from .global_tokens import GlobalTokens
 from .key_masks import PackedBatch, dense_pattern, part_mask
 from .layout import HeadGroup, Part, select_heads
@@ -58,15 +58,15 @@ def _group_weights(q, k, group: HeadGroup, batch: PackedBatch) -> tuple[torch.Te
     if batch.global_tokens is not None and not batch.causal:
         kept_queries = kept_queries & ~batch.global_tokens.mask
     indices, values = [], []
-    for chunk_heads, rows in chunking.chunk_plan(q, group.parts, batch)[0]:
-        sub_batch, num_rows = chunking.batch_rows(batch, rows), rows.stop - rows.start
+    for chunk_heads, rows in chunk_plan(q, group.parts, batch)[0]:
+        sub_batch, num_rows = batch_rows(batch, rows), rows.stop - rows.start
         chunk_q, chunk_k = q[chunk_heads, rows], k[chunk_heads, rows]
         scores, chunk_masks, lses = [], [], []
         for i, part in enumerate(group.parts):
-            part = chunking.chunk_of(part, chunk_heads, rows)
+            part = chunk_of(part, chunk_heads, rows)
             blocked_q = blocked_like(chunk_q, part)
             score = blocked_q @ part_keys(chunk_k, part, sub_batch, i == 0).transpose(-1, -2)
-            mask = chunking.chunk_mask(masks[i], chunk_heads, rows, None).expand_as(score)
+            mask = chunk_mask(masks[i], chunk_heads, rows, None).expand_as(score)
             score = (score / math.sqrt(q.shape[-1])).masked_fill(~mask, float("-inf"))
             scores.append(score)
             chunk_masks.append(mask)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from . import chunking
+from .chunking import batch_rows, chunk_mask, chunk_of, chunk_plan, piece_slices
 from .key_masks import PackedBatch, additive_mask, part_mask
 from .layout import HeadGroup
 from .query_blocks import blocked_like, part_blocks, unblock
@@ -35,25 +35,25 @@ class _ChunkedFlashBlocks(torch.autograd.Function):
         heads, batch_size, length, dim = q.shape
         # (batch, L, heads, dim) in memory: the layer merges the heads of that layout without a copy.
         context, total = q.new_empty(batch_size, length, heads, dim).permute(2, 0, 1, 3), None
-        chunks, pieces = chunking.chunk_plan(q, group.parts, batch)
+        chunks, pieces = chunk_plan(q, group.parts, batch)
         # Masks once for every chunk (most do not depend on the head): additive for the kernel,
         # and which rows have any key (the kernel's log-sum-exp is 0 for a row with none).
         masks = [part_mask(part, batch, length, q.device, with_globals=i == 0) for i, part in enumerate(group.parts)]
         additive = [additive_mask(mask, q.dtype) for mask in masks]
         has_keys = [mask.any(-1) for mask in masks]
         for chunk_heads, rows in chunks:
-            sub_batch = chunking.batch_rows(batch, rows)
+            sub_batch = batch_rows(batch, rows)
             inputs = [x[chunk_heads, rows] for x in (q, k, v)]
             outputs, lses = [], []
             for i, part in enumerate(group.parts):
-                part = chunking.chunk_of(part, chunk_heads, rows)
+                part = chunk_of(part, chunk_heads, rows)
                 out_pieces, lse_pieces = [], []
-                for blocks in chunking.piece_slices(length // part.block_size, pieces):
+                for blocks in piece_slices(length // part.block_size, pieces):
                     blocked_q, keys, values = part_blocks(*inputs, part, sub_batch, with_globals=i == 0, blocks=blocks)
                     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                        blocked_q, keys, values, 0.0, False, attn_mask=chunking.chunk_mask(additive[i], chunk_heads, rows, blocks)
+                        blocked_q, keys, values, 0.0, False, attn_mask=chunk_mask(additive[i], chunk_heads, rows, blocks)
                     )
-                    lse = lse.masked_fill(~chunking.chunk_mask(has_keys[i], chunk_heads, rows, blocks), float("-inf"))
+                    lse = lse.masked_fill(~chunk_mask(has_keys[i], chunk_heads, rows, blocks), float("-inf"))
                     out_pieces.append(out)
                     lse_pieces.append(lse[..., None])
                 num_rows = rows.stop - rows.start
@@ -76,12 +76,12 @@ class _ChunkedFlashBlocks(torch.autograd.Function):
         length = q.shape[2]
         grad_q, grad_k, grad_v = (torch.empty_like(x) for x in (q, k, v))
         for chunk_heads, rows in ctx.chunks:
-            sub_batch = chunking.batch_rows(ctx.batch, rows)
+            sub_batch = batch_rows(ctx.batch, rows)
             leaves = [x[chunk_heads, rows].detach().requires_grad_() for x in (q, k, v)]
             chunk_grads = None
             for i, part in enumerate(ctx.group.parts):
-                part = chunking.chunk_of(part, chunk_heads, rows)
-                for blocks in chunking.piece_slices(length // part.block_size, ctx.pieces):
+                part = chunk_of(part, chunk_heads, rows)
+                for blocks in piece_slices(length // part.block_size, ctx.pieces):
                     with torch.enable_grad():  # the gather, to run its backward below
                         blocked_q, keys, values = part_blocks(*leaves, part, sub_batch, with_globals=i == 0, blocks=blocks)
                     part_grad, part_context, part_total = (
@@ -89,7 +89,7 @@ class _ChunkedFlashBlocks(torch.autograd.Function):
                     )
                     part_grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                         part_grad, blocked_q.detach(), keys.detach(), values.detach(), part_context, part_total[..., 0],
-                        0.0, False, attn_mask=chunking.chunk_mask(ctx.additive[i], chunk_heads, rows, blocks),
+                        0.0, False, attn_mask=chunk_mask(ctx.additive[i], chunk_heads, rows, blocks),
                     )
                     piece_grads = torch.autograd.grad((blocked_q, keys, values), leaves, part_grads)
                     if chunk_grads is None:
