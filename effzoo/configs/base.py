@@ -7,7 +7,8 @@ config converts by copying them.
 
 from __future__ import annotations
 
-from typing import ClassVar
+import math
+from typing import Any, ClassVar
 
 from transformers import PreTrainedConfig
 
@@ -64,6 +65,19 @@ class EffzooConfig(PreTrainedConfig):
       Σₙ pₙ·L(yₙ) + ``ponder_beta``·KL(p ‖ Geometric(``ponder_lambda_prior``)), and at inference
       an exit at the first layer whose cumulative halting probability passes ``ponder_threshold``
       (or a sampled exit with ``ponder_sample``).
+    - ``layer_attention``: one dict per layer of the attention fields that this layer sets differently
+      from the config (Reformer's mix of local and LSH layers, Longformer's per-layer windows); the
+      layer's mechanism is built from :meth:`layer_config`. None: every layer alike.
+    - ``axial_pos_embds``: Reformer's axial position embeddings (Kitaev et al. 2020, §A.2): position p
+      of a grid ``axial_pos_shape`` (row-major) gets the concatenation of one learned vector per axis,
+      of sizes ``axial_pos_embds_dim`` (summing to ``hidden_size``): Σ shape · dim parameters instead
+      of max_position_embeddings · hidden_size.
+    - ``embedding_layer_norm``: BERT's LayerNorm after the embeddings (False: none, as Reformer's).
+    - ``reversible_merge``: how the two reversible streams leave the encoder: ``"mean"``,
+      LayerNorm((Y₁ + Y₂) / 2), or ``"concat"``, LayerNorm([Y₁; Y₂]) of size 2 · hidden_size (Reformer's),
+      which the heads then read (:attr:`encoder_output_size`).
+    - ``lm_head_transform``: BERT's dense–activation–LayerNorm before the vocabulary projection
+      (False: the projection reads the encoder output directly, as Reformer's LM head).
     """
 
     model_type = "effzoo"
@@ -111,6 +125,15 @@ class EffzooConfig(PreTrainedConfig):
     ponder_beta: float = 0.01
     ponder_threshold: float = 0.5
     ponder_sample: bool = False
+    # Per-layer attention settings
+    layer_attention: list[dict[str, Any]] | None = None
+    # Reformer's embeddings and heads
+    axial_pos_embds: bool = False
+    axial_pos_shape: list[int] | None = None
+    axial_pos_embds_dim: list[int] | None = None
+    embedding_layer_norm: bool = True
+    reversible_merge: str = "mean"
+    lm_head_transform: bool = True
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)
@@ -135,6 +158,83 @@ class EffzooConfig(PreTrainedConfig):
         self._check_mixture_of_experts()
         self._check_reversible()
         self._check_ponder()
+        self._check_reformer_parts()
+        self._check_layer_attention()
+
+    def _check_reformer_parts(self) -> None:
+        for name in ("axial_pos_embds", "embedding_layer_norm", "lm_head_transform"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        if self.reversible_merge not in ("mean", "concat"):
+            raise ValueError(f"reversible_merge must be 'mean' or 'concat', got {self.reversible_merge!r}.")
+        if self.axial_pos_embds:
+            shape, dims = self.axial_pos_shape, self.axial_pos_embds_dim
+            if (not isinstance(shape, (list, tuple)) or not isinstance(dims, (list, tuple)) or len(shape) != len(dims)
+                    or len(shape) < 2 or not all(_is_int(x) and x > 0 for x in [*shape, *dims])):
+                raise ValueError(
+                    f"axial_pos_embds=True needs axial_pos_shape and axial_pos_embds_dim as lists of positive integers "
+                    f"of the same length (at least 2), got {shape!r} and {dims!r}; e.g. axial_pos_shape=[64, 64], "
+                    "axial_pos_embds_dim=[64, 192] for hidden_size 256."
+                )
+            if sum(dims) != self.hidden_size:
+                raise ValueError(f"axial_pos_embds_dim {list(dims)} must sum to hidden_size ({self.hidden_size}).")
+            if math.prod(shape) < self.max_position_embeddings:
+                raise ValueError(
+                    f"axial_pos_shape {list(shape)} holds {math.prod(shape)} positions, fewer than "
+                    f"max_position_embeddings ({self.max_position_embeddings}); enlarge the grid or lower the maximum."
+                )
+        if self.tie_word_embeddings and not self.lm_head_transform and self.encoder_output_size != self.hidden_size:
+            raise ValueError(
+                f"tie_word_embeddings=True needs the vocabulary projection to read hidden_size ({self.hidden_size}) "
+                f"features, but with lm_head_transform=False it reads the encoder output ({self.encoder_output_size}, "
+                "reversible_merge='concat'); set tie_word_embeddings=False or lm_head_transform=True."
+            )
+
+    def _check_layer_attention(self) -> None:
+        overrides = self.layer_attention
+        if overrides is None:
+            return
+        if not isinstance(overrides, (list, tuple)) or len(overrides) != self.num_hidden_layers or not all(
+                isinstance(layer, dict) for layer in overrides):
+            raise ValueError(
+                f"layer_attention must be a list of {self.num_hidden_layers} dicts (one per layer, {{}} for a layer "
+                f"as the config), got {overrides!r}."
+            )
+        own = self.attention_fields()
+        for index, layer in enumerate(overrides):
+            unknown = sorted(set(layer) - own)
+            if unknown:
+                raise ValueError(
+                    f"layer_attention[{index}] sets {unknown}, which are not attention fields of "
+                    f"{type(self).__name__}; its attention fields are {sorted(own)}."
+                )
+            if layer:
+                self.layer_config(index).check_backbone()
+
+    @classmethod
+    def attention_fields(cls) -> set[str]:
+        """The settings a layer's mechanism reads: the fields a variant's config adds to the shared
+        backbone's, and the attention dropout."""
+        shared = set(EffzooConfig.__annotations__)
+        return {"attention_probs_dropout_prob"} | {
+            name for klass in cls.__mro__[: cls.__mro__.index(EffzooConfig)]
+            for name in vars(klass).get("__annotations__", {}) if name not in shared}
+
+    def layer_config(self, layer_idx: int) -> EffzooConfig:
+        """The config layer ``layer_idx``'s mechanism is built from: this one with its ``layer_attention``."""
+        if not self.layer_attention or not self.layer_attention[layer_idx]:
+            return self
+        layer = type(self).__new__(type(self))  # a plain copy: copy.copy would re-run the checks, which call this
+        layer.__dict__.update(self.__dict__)
+        layer.layer_attention = None
+        for name, value in self.layer_attention[layer_idx].items():
+            setattr(layer, name, value)
+        return layer
+
+    @property
+    def encoder_output_size(self) -> int:
+        """Features per position of the encoder's output: 2 · hidden_size for concatenated reversible streams."""
+        return 2 * self.hidden_size if self.reversible and self.reversible_merge == "concat" else self.hidden_size
 
     def _check_mixture_of_experts(self) -> None:
         experts = self.num_experts

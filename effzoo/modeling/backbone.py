@@ -32,19 +32,26 @@ from ..configs.base import EffzooConfig
 from .layers import ATTENTION_WEIGHTS_SINK, EffzooLayer, keyword_inputs
 from .moe import EffzooMoELayer, Routing, SwitchRouter, summarise_routing
 from .outputs import CACHE_FIELD, EffzooModelOutput
+from .position_embeddings import AxialPositionEmbeddings, AxialPositionWeights
 from .ponder import HaltingUnits
 from .reversible import run_two_streams
 
 
 class EffzooEmbeddings(nn.Module):
-    """Word + position + token-type embeddings, LayerNorm and dropout (BERT's)."""
+    """Word + position + token-type embeddings, LayerNorm and dropout (BERT's).
+
+    With ``axial_pos_embds`` the positions are Reformer's axial embeddings (``position_embeddings.py``);
+    with ``embedding_layer_norm=False`` there is no LayerNorm (Reformer's embeddings have none).
+    """
 
     def __init__(self, config: EffzooConfig) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.position_embeddings = (AxialPositionEmbeddings(config) if config.axial_pos_embds
+                                    else nn.Embedding(config.max_position_embeddings, config.hidden_size))
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = (nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.embedding_layer_norm
+                          else None)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
@@ -58,7 +65,9 @@ class EffzooEmbeddings(nn.Module):
             inputs_embeds = self.word_embeddings(input_ids)
         embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
         embeddings = embeddings + self.position_embeddings(position_ids)
-        return self.dropout(self.LayerNorm(embeddings))
+        if self.LayerNorm is not None:
+            embeddings = self.LayerNorm(embeddings)
+        return self.dropout(embeddings)
 
 
 #: ``exit_hook(layer_index, hidden_states) -> keep``: after a layer, a bool per running row, True to go on.
@@ -86,7 +95,8 @@ class EffzooEncoder(nn.Module):
     """The stack of layers (dense or mixture-of-experts, per ``config.is_moe_layer``).
 
     With ``config.reversible`` the stack runs as Reformer's two streams (``reversible.py``), merged
-    at the end as ``LayerNorm((Y₁ + Y₂) / 2)``. ``recompute_reversible`` (default True) recomputes
+    at the end as ``LayerNorm((Y₁ + Y₂) / 2)``, or ``LayerNorm([Y₁; Y₂])`` of twice the width with
+    ``reversible_merge="concat"`` (Reformer's). ``recompute_reversible`` (default True) recomputes
     activations in the backward pass; False keeps them (the same network, for comparison).
     """
 
@@ -96,8 +106,9 @@ class EffzooEncoder(nn.Module):
             [make_layer(config, mechanism_class, layer_idx) for layer_idx in range(config.num_hidden_layers)]
         )
         self.reversible = config.reversible
+        self.concatenate_streams = config.reversible_merge == "concat"
         if self.reversible:
-            self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.LayerNorm = nn.LayerNorm(config.encoder_output_size, eps=config.layer_norm_eps)
             self.recompute_reversible = True
 
     def forward(
@@ -160,15 +171,20 @@ class EffzooEncoder(nn.Module):
         return routings
 
     def _two_streams(self, hidden_states, padding_mask, causal, cache, output_hidden_states, mechanism_inputs):
-        stream_1, stream_2, routings, merged = run_two_streams(
+        stream_1, stream_2, routings, layer_streams = run_two_streams(
             self.layer, hidden_states, padding_mask, causal, cache, mechanism_inputs,
             recompute=self.recompute_reversible, keep_layer_states=output_hidden_states,
         )
-        last = self.LayerNorm((stream_1 + stream_2) / 2)
+        last = self.LayerNorm(self._merge(stream_1, stream_2))
         all_hidden_states = None
         if output_hidden_states:
-            all_hidden_states = [hidden_states, *(self.LayerNorm(state) for state in merged[:-1]), last]
+            all_hidden_states = [self._merge(hidden_states, hidden_states),
+                                 *(self.LayerNorm(self._merge(*streams)) for streams in layer_streams[:-1]), last]
         return last, all_hidden_states, routings
+
+    def _merge(self, stream_1: torch.Tensor, stream_2: torch.Tensor) -> torch.Tensor:
+        """The two streams as one state: their mean, or side by side with ``reversible_merge="concat"``."""
+        return torch.cat([stream_1, stream_2], dim=-1) if self.concatenate_streams else (stream_1 + stream_2) / 2
 
 
 class EffzooPooler(nn.Module):
@@ -176,7 +192,7 @@ class EffzooPooler(nn.Module):
 
     def __init__(self, config: EffzooConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(config.encoder_output_size, config.hidden_size)
         self.activation = nn.Tanh()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -188,7 +204,7 @@ class EffzooPredictionHeadTransform(nn.Module):
 
     def __init__(self, config: EffzooConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(config.encoder_output_size, config.hidden_size)
         self.transform_act_fn = ACT2FN[config.hidden_act]
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
@@ -197,12 +213,16 @@ class EffzooPredictionHeadTransform(nn.Module):
 
 
 class EffzooLMPredictionHead(nn.Module):
-    """Transform, then the decoder to the vocabulary; its weight is tied to the word embeddings."""
+    """Transform, then the decoder to the vocabulary; its weight is tied to the word embeddings.
+
+    With ``lm_head_transform=False`` the decoder reads the encoder output itself (Reformer's LM head).
+    """
 
     def __init__(self, config: EffzooConfig) -> None:
         super().__init__()
-        self.transform = EffzooPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.transform = EffzooPredictionHeadTransform(config) if config.lm_head_transform else nn.Identity()
+        decoder_input = config.hidden_size if config.lm_head_transform else config.encoder_output_size
+        self.decoder = nn.Linear(decoder_input, config.vocab_size)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -283,6 +303,9 @@ class EffzooPreTrainedModel(PreTrainedModel):
             module.reset_parameters()
         elif isinstance(module, EffzooLMPredictionHead):
             init.zeros_(module.bias)
+        elif isinstance(module, AxialPositionWeights):
+            for weight in module:
+                init.normal_(weight, mean=0.0, std=self.config.initializer_range)
         elif isinstance(module, SwitchRouter):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
         elif isinstance(module, HaltingUnits):

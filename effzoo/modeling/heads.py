@@ -393,7 +393,7 @@ class EffzooForTokenClassification(EffzooHead):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.dropout = self.classifier_dropout()
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(config.encoder_output_size, config.num_labels)
         self.post_init()
 
     @can_return_tuple
@@ -432,7 +432,7 @@ class EffzooForQuestionAnswering(EffzooHead):
     def __init__(self, config: EffzooConfig) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.qa_outputs = nn.Linear(config.encoder_output_size, config.num_labels)
         self.post_init()
 
     @can_return_tuple

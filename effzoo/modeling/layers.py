@@ -35,7 +35,7 @@ class EffzooSelfAttention(nn.Module):
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
-        self.mechanism = mechanism_class(config, layer_idx=layer_idx)
+        self.mechanism = mechanism_class(config.layer_config(layer_idx), layer_idx=layer_idx)
         self._passes_hidden_states = "hidden_states" in keyword_inputs(mechanism_class)
 
     def forward(

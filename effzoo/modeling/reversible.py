@@ -167,8 +167,8 @@ def run_two_streams(
     *,
     recompute: bool = True,
     keep_layer_states: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, list[Routing], list[torch.Tensor] | None]:
-    """Y₁, Y₂ after every layer, the MoE routings, and (if asked) each layer's (Y₁ + Y₂) / 2."""
+) -> tuple[torch.Tensor, torch.Tensor, list[Routing], list[tuple[torch.Tensor, torch.Tensor]] | None]:
+    """Y₁, Y₂ after the last layer, the MoE routings, and (if asked) each layer's (Y₁, Y₂)."""
     stack = _Stack(layers, padding_mask, causal, mechanism_inputs)
     parameters = [p for group in stack.parameters for p in group]
     needs_grad = torch.is_grad_enabled() and (hidden_states.requires_grad or bool(parameters))
@@ -182,13 +182,13 @@ def run_two_streams(
         return outputs[0], outputs[1], routings, None
 
     stream_1 = stream_2 = hidden_states
-    routings, merged = [], [] if keep_layer_states else None
+    routings, layer_streams = [], [] if keep_layer_states else None
     for layer in layers:
         stream_1 = stream_1 + attention_branch(layer, stream_2, padding_mask, causal, cache, mechanism_inputs)
         branch, routing = feed_forward_branch(layer, stream_1, padding_mask)
         stream_2 = stream_2 + branch
         if routing is not None:
             routings.append(routing)
-        if merged is not None:
-            merged.append((stream_1 + stream_2) / 2)
-    return stream_1, stream_2, routings, merged
+        if layer_streams is not None:
+            layer_streams.append((stream_1, stream_2))
+    return stream_1, stream_2, routings, layer_streams

@@ -102,3 +102,43 @@ def test_generation_with_experts_and_reversible_layers_equals_the_causal_forward
     full_mask = torch.cat([mask, torch.ones(2, 4, dtype=torch.long)], dim=1)
     greedy = model(generated, attention_mask=full_mask, use_cache=False).logits.argmax(-1)
     torch.testing.assert_close(greedy[:, 5:-1], generated[:, 6:])
+
+
+REFORMER_PARTS = {
+    "reversible": True, "reversible_merge": "concat", "axial_pos_embds": True, "axial_pos_shape": [8, 8],
+    "axial_pos_embds_dim": [8, 24], "embedding_layer_norm": False, "lm_head_transform": False,
+    "tie_word_embeddings": False,
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reformer_parts_serve_every_head(name, tmp_path):
+    """Axial positions, no embedding LayerNorm, concatenated reversible streams read by every head,
+    the LM head without its transform: every variant and head runs, keeps right padding out of the
+    real tokens' states, and saves -> loads identically."""
+    from tests.modeling.test_heads import HEAD_INPUTS, head_batch
+
+    for auto_name in get_variant(name).model_classes:
+        model = model_of(name, auto_name, **REFORMER_PARTS).eval()
+        input_ids, mask = head_batch(auto_name)
+        with torch.no_grad():
+            out = model(input_ids, attention_mask=mask, output_hidden_states=True, **HEAD_INPUTS[auto_name])
+        if auto_name != "AutoModel":
+            assert torch.isfinite(out.loss), auto_name
+        if auto_name in ("AutoModel", "AutoModelForMaskedLM", "AutoModelForCausalLM"):
+            assert all(state.shape[-1] == 64 for state in out.hidden_states), auto_name
+        model.save_pretrained(tmp_path / auto_name)
+        reloaded = getattr(transformers, auto_name).from_pretrained(tmp_path / auto_name).eval()
+        with torch.no_grad():
+            again = reloaded(input_ids, attention_mask=mask, **HEAD_INPUTS[auto_name])
+        torch.testing.assert_close(again.loss if auto_name != "AutoModel" else again.last_hidden_state,
+                                   out.loss if auto_name != "AutoModel" else out.last_hidden_state, atol=0, rtol=0)
+    base = model_of(name, "AutoModel", **REFORMER_PARTS).eval()
+    assert base.embeddings.LayerNorm is None and base.encoder.LayerNorm.normalized_shape == (64,)
+    input_ids, mask = random_batch()
+    with torch.no_grad():
+        batched = base(input_ids, attention_mask=mask).last_hidden_state
+        for row in range(3):
+            real = mask[row].bool()
+            alone = base(input_ids[row, real][None]).last_hidden_state[0]
+            torch.testing.assert_close(batched[row, real], alone, atol=1e-5, rtol=1e-5)
