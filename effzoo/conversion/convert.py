@@ -26,6 +26,7 @@ from ..configs.base import BERT_FIELDS
 from ..output_folders import check_output_dir
 from ..variants import Variant, get_variant
 from .families import FAMILIES, SourceFamily
+from .reformer import reformer_fields, reformer_notes, reformer_weights
 from .sources import read_source_config, read_weights
 from .state_dict import POSITION_KEY, canonical_state_dict, resize_positions, upcycle_feed_forward, with_backbone_prefix
 
@@ -36,6 +37,7 @@ HEAD_OF_ARCHITECTURE = {
     "ForPreTraining": "AutoModelForMaskedLM",
     "ForCausalLM": "AutoModelForCausalLM",
     "LMHeadModel": "AutoModelForCausalLM",
+    "ModelWithLMHead": "AutoModelForCausalLM",
     "ForSequenceClassification": "AutoModelForSequenceClassification",
     "ForTokenClassification": "AutoModelForTokenClassification",
     "ForQuestionAnswering": "AutoModelForQuestionAnswering",
@@ -128,7 +130,11 @@ def convert(
     source_config = read_source_config(source_dir)
     model_type = source_config["model_type"]
     family = FAMILIES[model_type]
-    weights = canonical_state_dict(read_weights(source_dir), family)
+    fields = _source_fields(variant, family, source_config)
+    if model_type == "reformer":
+        weights = reformer_weights(read_weights(source_dir), fields)
+    else:
+        weights = canonical_state_dict(read_weights(source_dir), family)
     steps.update()
 
     steps.set_postfix_str("building model")
@@ -137,7 +143,13 @@ def convert(
     offset = family.position_offset(source_config)
     source_positions = source_config["max_position_embeddings"] - offset
     positions = max_position_embeddings or source_positions
-    config = _target_config(variant, family, source_config, positions, overrides or {})
+    if fields.get("axial_pos_embds") and positions != source_positions:
+        raise ValueError(
+            f"Cannot change the positions of a checkpoint with axial position embeddings ({source_positions} -> "
+            f"{positions}): they are a grid {fields['axial_pos_shape']}, not a table to tile. Leave "
+            "--max-position-embeddings out."
+        )
+    config = _target_config(variant, fields, positions, overrides or {})
     model = model_class(config).eval()
     steps.update()
 
@@ -145,7 +157,10 @@ def convert(
     if POSITION_KEY in weights:
         weights[POSITION_KEY] = resize_positions(weights[POSITION_KEY], offset, positions)
     weights, upcycled = upcycle_feed_forward(weights, config)
-    notes = [_REVERSIBLE_NOTE] if config.reversible else []
+    if model_type == "reformer":
+        notes = reformer_notes(source_config)
+    else:
+        notes = [_REVERSIBLE_NOTE] if config.reversible else []
     if upcycled:
         notes.append(f"upcycled: the dense feed-forward of layer(s) {upcycled} copied into each of "
                      f"{config.num_experts} experts; with no token over capacity the model equals its source "
@@ -205,15 +220,28 @@ def _target_class(variant: Variant, architecture: str) -> type:
     return classes[auto_name]
 
 
-def _target_config(variant: Variant, family: SourceFamily, source_config: dict, positions: int,
-                   overrides: dict[str, Any]) -> Any:
-    """BERT's fields, the source's own settings where the variant has them, then the user's overrides."""
-    config_class = variant.config_class
-    valid = set(config_class.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
+def _source_fields(variant: Variant, family: SourceFamily, source_config: dict) -> dict[str, Any]:
+    """The target config's fields taken from the source: BERT's fields and the source's own settings
+    where the variant has them; for a Transformers Reformer, the whole Reformer backbone."""
+    if family.prefix == "reformer":
+        if variant.name != "reformer":
+            raise ValueError(
+                f"A Transformers Reformer converts to the 'reformer' variant only (its layers are reversible LSH "
+                f"and local attention, which that variant reproduces), not to {variant.name!r}; use --to reformer."
+            )
+        return reformer_fields(source_config)
+    valid = set(variant.config_class.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
     fields = {name: source_config[name] for name in BERT_FIELDS if name in source_config}
     fields.update({name: source_config[name] for name in family.settings if name in source_config and name in valid})
     fields.update({name: value for name, value in family.equivalent_settings.items() if name in valid})
-    fields["max_position_embeddings"] = positions
+    return fields
+
+
+def _target_config(variant: Variant, fields: dict[str, Any], positions: int, overrides: dict[str, Any]) -> Any:
+    """The source's fields, the number of positions, then the user's overrides."""
+    config_class = variant.config_class
+    valid = set(config_class.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
+    fields = {**fields, "max_position_embeddings": positions}
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ValueError(

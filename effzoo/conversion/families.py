@@ -4,6 +4,7 @@ BERT is effzoo's own naming. RoBERTa adds a prefix, a position table that starts
 ``pad_token_id + 1`` and its own heads (``lm_head``; a classification head whose dense layer
 is BERT's pooler). Transformers' Longformer is RoBERTa plus per-layer global projections,
 which become the ``longformer`` mechanism's own; BigBird is BERT with a bare ``pooler`` Linear.
+Transformers' Reformer differs throughout and is translated by :mod:`.reformer`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ FAMILIES: dict[str, SourceFamily] = {
         "longformer", True, _ROBERTA_HEADS + _LONGFORMER_GLOBAL_PROJECTIONS, _ROBERTA_CLASSIFICATION_HEAD,
         settings=("attention_window",), equivalent_settings={"global_special_tokens": False},
     ),
+    # Transformers' Reformer: its names and settings are translated whole by ``reformer.py``.
+    "reformer": SourceFamily("reformer"),
     "big_bird": SourceFamily(
         "bert", renames=(("pooler.weight", "pooler.dense.weight"), ("pooler.bias", "pooler.dense.bias")),
         settings=("block_size", "num_random_blocks"), equivalent_settings={"global_special_tokens": False},

@@ -22,7 +22,7 @@ def read_source_config(directory: Path) -> dict:
     if model_type not in FAMILIES:
         raise ValueError(
             f"Cannot convert a checkpoint of model_type {model_type!r} from {directory}: effzoo converts "
-            f"BERT-like encoders ({', '.join(sorted(FAMILIES))})."
+            f"BERT-like encoders and Transformers' Reformer ({', '.join(sorted(FAMILIES))})."
         )
     return config
 

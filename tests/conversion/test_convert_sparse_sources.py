@@ -82,5 +82,5 @@ def test_an_unsupported_source_type_is_named(tmp_path):
 
     DistilBertModel(DistilBertConfig(vocab_size=99, dim=32, n_layers=1, n_heads=4, hidden_dim=37)).save_pretrained(
         tmp_path / "distil")
-    with pytest.raises(ValueError, match="model_type 'distilbert'.*bert, big_bird, longformer, roberta"):
+    with pytest.raises(ValueError, match="model_type 'distilbert'.*Reformer \\(bert, big_bird, longformer, reformer, roberta"):
         effzoo.convert(tmp_path / "distil", "longformer", tmp_path / "out", progress=False)
