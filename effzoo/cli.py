@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--set", dest="settings", type=parse_setting, action="append", default=[],
                          metavar="KEY=VALUE", help="set a config field of the variant (repeatable)")
     convert.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    convert.add_argument("--calibration-text", metavar="FILE",
+                         help="text file (paragraphs split at blank lines) on which a variant with data-estimated "
+                              "state (routing's centroids) is calibrated; default: a built-in BBC News sample")
     convert.add_argument("--verify", action="store_true",
                          help="then compare the converted model with the source on sample texts")
 
@@ -44,7 +47,7 @@ def _run_convert(args: argparse.Namespace) -> None:
 
     report = convert(
         args.source, args.to, args.output, max_position_embeddings=args.max_position_embeddings,
-        overrides=dict(args.settings), overwrite=args.overwrite,
+        overrides=dict(args.settings), overwrite=args.overwrite, calibration_text=args.calibration_text,
     )
     print(report)
     if args.verify:

@@ -44,6 +44,9 @@ class AttentionMechanism(nn.Module):
     attention_weights_layout: ClassVar[str | None] = None
     #: Why there are no attention weights, and what to inspect instead (the error's text).
     no_attention_weights_reason: ClassVar[str] = "this mechanism does not return attention weights."
+    #: Whether the mechanism has state estimated from data (routing's centroids) that conversion sets by
+    #: running sample text through the model: such a mechanism implements ``calibrate_on(q, k, padding_mask)``.
+    calibrates: ClassVar[bool] = False
 
     @classmethod
     def check_can_return_weights(cls) -> None:

@@ -131,6 +131,7 @@ class RoutingAttention(AttentionMechanism):
     """
 
     supports_causal = True
+    calibrates = True
     no_attention_weights_reason = (
         "routing attention's weights are spread over its clusters and are not assembled into one tensor."
     )
@@ -164,23 +165,24 @@ class RoutingAttention(AttentionMechanism):
         self._pending = None
 
     @torch.no_grad()
-    def calibrate(self, queries: torch.Tensor, keys: torch.Tensor, iterations: int = 10) -> None:
+    def calibrate(self, queries: torch.Tensor, keys: torch.Tensor | None = None, iterations: int = 10) -> None:
         """Set the centroids by spherical k-means over sample queries and keys of the routing heads.
 
-        ``queries`` and ``keys`` are (routing heads, n, head_dim); they are normalised here. The
-        centroids start from ``num_clusters`` of the vectors drawn with ``routing_seed`` (from the
-        current centroids where there are fewer vectors than clusters); each iteration assigns every
-        vector to its nearest centroid and moves the centroid to the normalised sum of its vectors
-        (a centroid that no vector chose stays).
+        ``queries`` and ``keys`` are (routing heads, n, head_dim) (``keys`` None: the queries alone, as
+        with shared QK); they are normalised here. The centroids start from ``num_clusters`` of the
+        vectors drawn with ``routing_seed`` (from the current centroids where there are fewer vectors
+        than clusters); each iteration assigns every vector to its nearest centroid and moves the
+        centroid to the normalised sum of its vectors (a centroid that no vector chose stays).
         """
         expected = tuple(self.centroids.shape[::2])
         for name, x in (("queries", queries), ("keys", keys)):
-            if x.dim() != 3 or (x.shape[0], x.shape[2]) != expected or x.shape[1] < 1:
+            if x is not None and (x.dim() != 3 or (x.shape[0], x.shape[2]) != expected or x.shape[1] < 1):
                 raise ValueError(f"calibrate: {name} must be (routing heads, n, head_dim) = ({expected[0]}, n ≥ 1, "
                                  f"{expected[1]}), got {tuple(x.shape)}.")
         if not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"calibrate: iterations must be a positive integer, got {iterations!r}.")
-        vectors = F.normalize(torch.cat([queries, keys], dim=1).float(), dim=-1).to(self.centroids.device)
+        vectors = queries if keys is None else torch.cat([queries, keys], dim=1)
+        vectors = F.normalize(vectors.float(), dim=-1).to(self.centroids.device)
         centroids = self.centroids.float().clone()
         if vectors.shape[1] >= self.num_clusters:
             generator = torch.Generator().manual_seed(self.routing_seed)
@@ -192,6 +194,19 @@ class RoutingAttention(AttentionMechanism):
             centroids = torch.where(counts[..., None] > 0, F.normalize(sums, dim=-1), centroids)
         self.centroids.copy_(centroids)
         self._pending = None
+
+    @torch.no_grad()
+    def calibrate_on(self, q: torch.Tensor, k: torch.Tensor, padding_mask: torch.Tensor | None = None) -> None:
+        """:meth:`calibrate` from one forward's inputs (batch, heads, L, d): the routing heads' real tokens."""
+        if not self.centroids.shape[0]:
+            return  # local heads only
+        real = self._real(q, padding_mask)
+        local = self.num_local_heads
+
+        def real_tokens(x: torch.Tensor) -> torch.Tensor:
+            return x[:, local:].transpose(0, 1)[:, real]  # (routing heads, real tokens, d)
+
+        self.calibrate(real_tokens(q), None if self.shared_qk else real_tokens(k))
 
     @staticmethod
     def _cluster_sums(vectors: torch.Tensor, centroids: torch.Tensor,

@@ -25,6 +25,7 @@ from ..checkpoints.provenance import record_provenance
 from ..configs.base import BERT_FIELDS
 from ..output_folders import check_output_dir
 from ..variants import Variant, get_variant
+from .calibration import calibrate, calibration_texts, needs_calibration, sample_batch, unknown_share
 from .families import FAMILIES, SourceFamily
 from .reformer import reformer_fields, reformer_notes, reformer_weights
 from .sources import read_source_config, read_weights
@@ -80,6 +81,7 @@ class ConversionReport:
     positions: int = 0
     tokenizer: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
+    calibration: str = ""
     notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
@@ -99,6 +101,8 @@ class ConversionReport:
             lines.append(f"positions   {self.positions}")
         if self.overrides:
             lines.append("overrides   " + ", ".join(f"{key}={value!r}" for key, value in self.overrides.items()))
+        if self.calibration:
+            lines.append(f"calibration {self.calibration}")
         lines += [f"note        {note}" for note in self.notes]
         lines += [f"tokenizer   {self.tokenizer}", f"output      {self.output}"]
         return "\n".join(lines)
@@ -113,12 +117,15 @@ def convert(
     overrides: dict[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    calibration_text: str | Path | None = None,
 ) -> ConversionReport:
     """Convert a BERT/RoBERTa checkpoint (directory or Hub id) into the variant ``to`` at ``output``.
 
     ``max_position_embeddings`` extends (or cuts) the position table; ``overrides`` sets config
-    fields of the variant (its mechanism's knobs). Raises ``ValueError`` on anything it cannot
-    convert, before writing anything.
+    fields of the variant (its mechanism's knobs). A variant with data-estimated state (``routing``'s
+    centroids) is calibrated on ``calibration_text`` (a text file; default: a built-in BBC News
+    sample) through the source's tokenizer. Raises ``ValueError`` on anything it cannot convert,
+    before writing anything.
     """
     variant = get_variant(to)
     output = Path(output)
@@ -171,6 +178,7 @@ def convert(
         attention = layer.attention.self
         if any(f"encoder.layer.{index}.attention.self.mechanism." in key for key in report["new_parameters"]):
             attention.mechanism.init_from_projections(attention.query, attention.key, attention.value)
+    calibration = _calibrate(model, source_dir, calibration_text, positions) if needs_calibration(model) else ""
     dtype = weights["embeddings.word_embeddings.weight"].dtype
     model.to(dtype)
     steps.update()
@@ -195,9 +203,30 @@ def convert(
     report.update(
         source=str(source), source_model_type=model_type, source_architecture=architecture, variant=variant.name,
         model_class=model_class.__name__, output=str(output), source_positions=source_positions,
-        positions=positions, tokenizer=tokenizer_status, overrides=dict(overrides or {}), notes=notes,
+        positions=positions, tokenizer=tokenizer_status, overrides=dict(overrides or {}), calibration=calibration,
+        notes=notes,
     )
     return ConversionReport(**report)
+
+
+def _calibrate(model: torch.nn.Module, source_dir: Path, calibration_text: str | Path | None, positions: int) -> str:
+    """Calibrate the model's data-estimated state on sample text; what was done, for the report."""
+    from transformers import AutoTokenizer
+
+    texts, description = calibration_texts(calibration_text)
+    stays = "so the mechanism's state stays as drawn (routing: random centroids from routing_seed); calibrate before use"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source_dir)
+    except (OSError, ValueError) as error:
+        return f"none: the source has no usable tokenizer ({type(error).__name__}), {stays}"
+    batch = sample_batch(tokenizer, texts, positions)
+    unknown = unknown_share(batch, tokenizer)
+    if unknown > 0.5:
+        return (f"none: the source's tokenizer reads {unknown:.0%} of the sample ({description}) as unknown tokens "
+                f"(it has no vocabulary for it), {stays}")
+    calibrate(model, batch)
+    tokens = int(batch["attention_mask"].sum())
+    return f"spherical k-means of every layer's routing centroids over {description} ({tokens:,} tokens)"
 
 
 def _check_output(output: Path, source_dir: Path, overwrite: bool) -> None:

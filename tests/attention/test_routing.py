@@ -339,6 +339,24 @@ def test_calibration_finds_the_clusters_of_the_sample():
         attention.calibrate(sample[None, :30], sample[None, 30:], iterations=0)
 
 
+def test_calibrating_on_a_forward_uses_the_routing_heads_real_tokens_only():
+    """calibrate_on takes the routing heads (after the local ones) and drops padded tokens: the same
+    centroids as calibrate() on exactly those vectors; padding values cannot change them."""
+    fields = dict(num_attention_heads=4, hidden_size=32, num_clusters=3, num_local_heads=2, shared_qk=False)
+    attention = RoutingAttention(RoutingConfig(**{**TINY, **fields}), layer_idx=0)
+    expected = RoutingAttention(RoutingConfig(**{**TINY, **fields}), layer_idx=0)
+    q, k, _ = qkv(heads=4)
+    mask = padding_mask(2, LENGTH, "right")
+    attention.calibrate_on(q.masked_fill(~mask[:, None, :, None], 1e3), k, mask)
+    expected.calibrate(q[:, 2:].transpose(0, 1)[:, mask], k[:, 2:].transpose(0, 1)[:, mask])
+    torch.testing.assert_close(attention.centroids, expected.centroids, atol=0, rtol=0)
+    shared = RoutingAttention(RoutingConfig(**{**TINY, **fields, "shared_qk": True}), layer_idx=0)
+    alone = RoutingAttention(RoutingConfig(**{**TINY, **fields, "shared_qk": True}), layer_idx=0)
+    shared.calibrate_on(q, k, mask)
+    alone.calibrate(q[:, 2:].transpose(0, 1)[:, mask])
+    torch.testing.assert_close(shared.centroids, alone.centroids, atol=0, rtol=0)
+
+
 def test_decoding_with_a_cache_equals_the_causal_forward_in_the_one_cluster_limit():
     fields = dict(num_attention_heads=4, hidden_size=32, num_clusters=1, cluster_window=32, num_local_heads=2,
                   local_window=4, shared_qk=True)
