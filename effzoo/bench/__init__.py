@@ -7,7 +7,7 @@
 - :mod:`.harness`: the sweep, the time budget, ratios, slopes and the JSON lines file.
 - :mod:`.report`: markdown tables and PNG plots. :mod:`.cli`: the ``bench`` subcommand.
 
-See ``benchmarks/README.md`` for how to run it and how to read it.
+See ``docs/benchmarks.md`` for how to run it and how to read it.
 """
 
 from .harness import BenchOptions, BenchRun, Selection, read_run, run_benchmark

@@ -16,7 +16,7 @@ examples:
   effzoo bench full floor --max-length 32768 --budget-s 900
   effzoo bench full performer --device cuda --lengths 1024 4096 16384 --modes train infer
   effzoo bench --list                            # the known implementations and their settings
-See benchmarks/README.md for how to read the output.
+See docs/benchmarks.md for how to read the output.
 """
 
 

@@ -16,6 +16,7 @@ Rows come from three places:
 
 from __future__ import annotations
 
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from torch import nn
 from transformers import PreTrainedConfig
 
 from ..attention.base import AttentionMechanism
-from ..configs.base import EffzooConfig
+from ..configs.base import EffzooConfig, config_fields
 from ..modeling.backbone import EffzooModel, EffzooPreTrainedModel, make_layer, run_layer
 from ..modeling.heads import EffzooForCausalLM
 
@@ -124,11 +125,6 @@ class Implementation:
         if unknown:
             raise ValueError(f"Unknown setting(s) {unknown} for {self.name!r}. Valid keys: {', '.join(valid)}.")
         self.make_config(Task(length=length, settings=dict(settings)))
-
-
-def config_fields(config_class: type) -> set[str]:
-    """The fields a config class adds to ``PreTrainedConfig`` (its own knobs)."""
-    return set(config_class.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ config converts by copying them.
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from typing import Any, ClassVar
 
 from transformers import PreTrainedConfig
@@ -35,6 +36,11 @@ BERT_FIELDS = (
     "label2id",
     "problem_type",
 )
+
+
+def config_fields(config_class: type[PreTrainedConfig]) -> set[str]:
+    """The fields a config class adds to ``PreTrainedConfig``: its settings (class constants excluded)."""
+    return {entry.name for entry in fields(config_class)} - {entry.name for entry in fields(PreTrainedConfig)}
 
 
 class EffzooConfig(PreTrainedConfig):

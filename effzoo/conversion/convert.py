@@ -17,12 +17,11 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedConfig
 
 from ..checkpoints.licence import source_license
 from ..checkpoints.location import resolve_source
 from ..checkpoints.provenance import record_provenance
-from ..configs.base import BERT_FIELDS
+from ..configs.base import BERT_FIELDS, config_fields
 from ..output_folders import check_output_dir
 from ..variants import Variant, get_variant
 from .calibration import calibrate, calibration_texts, needs_calibration, sample_batch, unknown_share
@@ -259,7 +258,7 @@ def _source_fields(variant: Variant, family: SourceFamily, source_config: dict) 
                 f"and local attention, which that variant reproduces), not to {variant.name!r}; use --to reformer."
             )
         return reformer_fields(source_config)
-    valid = set(variant.config_class.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
+    valid = config_fields(variant.config_class)
     fields = {name: source_config[name] for name in BERT_FIELDS if name in source_config}
     fields.update({name: source_config[name] for name in family.settings if name in source_config and name in valid})
     fields.update({name: value for name, value in family.equivalent_settings.items() if name in valid})
@@ -269,7 +268,7 @@ def _source_fields(variant: Variant, family: SourceFamily, source_config: dict) 
 def _target_config(variant: Variant, fields: dict[str, Any], positions: int, overrides: dict[str, Any]) -> Any:
     """The source's fields, the number of positions, then the user's overrides."""
     config_class = variant.config_class
-    valid = set(config_class.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
+    valid = config_fields(config_class)
     fields = {**fields, "max_position_embeddings": positions}
     unknown = sorted(set(overrides) - valid)
     if unknown:

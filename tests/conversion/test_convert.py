@@ -128,6 +128,10 @@ def test_unknown_setting_lists_valid_keys(tmp_path):
     with pytest.raises(ValueError, match=r"Unknown setting\(s\) \['window'\].*Valid keys: .*hidden_size"):
         effzoo.convert(source_dir, "full", tmp_path / "out", overrides={"window": 3}, progress=False)
     assert not (tmp_path / "out").exists()
+    # Class constants of a config are not settings.
+    with pytest.raises(ValueError, match=r"Unknown setting\(s\) \['supported_kernels'\]"):
+        effzoo.convert(source_dir, "performer", tmp_path / "out", overrides={"supported_kernels": ["x"]},
+                       progress=False)
 
 
 def test_not_bert_like_names_its_model_type(tmp_path):
