@@ -230,8 +230,12 @@ class LSHAttention(AttentionMechanism):
         # A chunk holds lsh_chunk_length queries: with separate queries and keys, twice as many items.
         chunk = self.chunk_length if self.shared_qk else 2 * self.chunk_length
         rounds = SortedRounds.build(query_buckets, key_buckets, real, self.bucket_count, chunk)
-        contexts, log_normalisers = self._attend_rounds(q, k, v, rounds, causal)
-        return self._combine_rounds(contexts, log_normalisers, v, real)
+        if self.attention_dropout(q) == 0.0:
+            context, met = self._attend_rounds_fused(q, k, v, rounds, causal)
+        else:  # the fused kernel draws no dropout: scores are formed and dropped out explicitly
+            contexts, log_normalisers = self._attend_rounds(q, k, v, rounds, causal)
+            context, met = self._combine_rounds(contexts, log_normalisers)
+        return _alone_and_padding(context, met, v, real)
 
     def _attend_cached_keys(self, q, k, v, padding_mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
         """Decoding: the new queries attend every cached key that shares a bucket with them in some round.
@@ -323,6 +327,106 @@ class LSHAttention(AttentionMechanism):
         context = context.flatten(3, 4).gather(3, slot[..., None].expand(-1, -1, -1, -1, q.shape[-1]))
         return context, log_normaliser.flatten(3, 4).gather(3, slot)
 
+    def _attend_rounds_fused(self, q, k, v, rounds: SortedRounds, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rounds on SDPA's fused CPU kernel (flash attention under an additive mask, which also gives each
+        row's log-sum-exp), merged by their log-sum-exps: the context (batch, heads, length, d) and which
+        positions met a key in some round. No scores are stored; the backward recomputes them per window."""
+        batch, heads, length, dim = q.shape
+        layout = WindowLayout(rounds.order.shape[0], batch * heads, length, rounds.order.shape[-1], rounds.chunk,
+                              self.chunks_before, self.chunks_after, cyclic=self.pattern == "chunks")
+        masks, met = self._window_masks(rounds, layout, causal, torch.promote_types(q.dtype, torch.float32))
+        item_index = layout.arrange(rounds.position + length * torch.arange(
+            batch * heads, device=q.device).view(1, batch, heads, 1)).flatten()
+        # Keys and values are gathered with their window padding, so that windows are views of them.
+        key_index = layout.pad(item_index.view(layout.groups, -1), None).flatten()
+        items = [x.reshape(-1, dim).index_select(0, index).view(layout.groups, -1, dim)
+                 for x, index in ((q, item_index), (k, key_index), (v, key_index))]
+        query_index = layout.flat_slots(rounds.query_slot).flatten()
+        context, met = _WindowedRounds.apply(*items, layout, masks, met, item_index, query_index)
+        return context.view(batch, heads, length, dim), met.view(batch, heads, length)
+
+    def _window_masks(self, rounds: SortedRounds, layout: WindowLayout, causal: bool,
+                      dtype: torch.dtype) -> tuple[list[tuple[slice, torch.Tensor]], torch.Tensor]:
+        """The kernel's additive masks (groups, chunks, chunk, window) piece by piece (0 where allowed, −log(the
+        number of rounds in which the pair meets) with several rounds of the "buckets" pattern, −inf elsewhere)
+        and which sorted items meet any key (groups, items): built from per-item integer codes, never L × L."""
+        device = rounds.order.device
+        allowed_value = torch.zeros((), dtype=dtype, device=device)
+        blocked_value = torch.tensor(float("-inf"), dtype=dtype, device=device)
+        is_query, is_key = layout.arrange(rounds.is_query), layout.arrange(rounds.is_key)
+        if layout.cyclic:  # the whole window, whatever the bucket
+            position = layout.arrange(rounds.position.int())
+            if causal:  # codes that make non-queries see nothing and non-keys be seen by nothing
+                rows = layout.chunks(torch.where(is_query, position, -1))
+                cols = layout.windows(torch.where(is_key, position, layout.length + 1), 0)
+            else:
+                rows, cols = layout.chunks(is_query), layout.windows(is_key, False)
+                rows_at, cols_at = layout.chunks(position), layout.windows(position, 0)
+            pair_allowed = None
+        else:
+            bucket = layout.arrange(rounds.bucket.int())
+            rows = layout.chunks(torch.where(is_query, bucket, -2))
+            cols = layout.windows(torch.where(is_key, bucket, -1), -1)
+            pair_allowed = self._window_rule(layout, causal, device)
+            if layout.rounds > 1:
+                query_codes, key_codes = self._other_round_codes(rounds, layout)
+
+        masks, met = [], torch.empty(layout.groups, layout.chunks_per_group, layout.chunk, dtype=torch.bool,
+                                     device=device)
+        for piece, round_index in layout.pieces():
+            row, col = rows[piece][..., :, None], cols[piece][..., None, :]
+            if layout.cyclic:
+                if causal:
+                    allowed = col < row if self.shared_qk else col <= row
+                else:
+                    allowed = row & col
+                    if self.shared_qk:
+                        allowed &= cols_at[piece][..., None, :] != rows_at[piece][..., :, None]
+            else:
+                allowed = row == col
+                if pair_allowed is not None:
+                    allowed &= pair_allowed
+            met[piece] = allowed.any(dim=-1)
+            if layout.cyclic or layout.rounds == 1:
+                masks.append((piece, torch.where(allowed, allowed_value, blocked_value)))
+                continue
+            others = None  # in how many other rounds the pair meets: −log(1 + others) where allowed
+            for other in range(layout.rounds):
+                if other != round_index:
+                    offset = key_codes[other][piece][..., None, :] - query_codes[other][piece][..., :, None]
+                    meets = (offset >= -self.chunks_before) & (offset <= self.chunks_after)
+                    others = meets.to(dtype) if others is None else others.add_(meets)
+            masks.append((piece, torch.where(allowed, others.log1p_().neg_(), blocked_value)))
+        return masks, met.flatten(1)
+
+    def _window_rule(self, layout: WindowLayout, causal: bool, device: torch.device) -> torch.Tensor | None:
+        """(chunk, window) pairs allowed by causality and shared-QK's no-self rule, for keys of the query's bucket.
+
+        In the "buckets" pattern a window is consecutive sorted items and, within a bucket, items are sorted by
+        position with a key before the query of its position: so a same-bucket key is at or before the query's
+        position exactly when its place in the window is before the query's, and in shared-QK the query's own
+        key is the query's own place."""
+        if not causal and not self.shared_qk:
+            return None
+        place = torch.arange(layout.window, device=device)
+        query_place = layout.front + torch.arange(layout.chunk, device=device)[:, None]
+        return place < query_place if causal else place != query_place
+
+    def _other_round_codes(self, rounds: SortedRounds,
+                           layout: WindowLayout) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """For every round r′, the code bucket · span + chunk that each item's position has in r′ as a query (rows,
+        chunked) and as a key (windows): a pair meets in r′ iff key code − query code is in [−before, after]."""
+        span = layout.items // layout.chunk + self.chunks_before + self.chunks_after + 1
+        sorted_code = rounds.bucket.int() * span + torch.arange(
+            layout.items, device=rounds.order.device, dtype=torch.int32) // layout.chunk
+        query_code, key_code = sorted_code.gather(-1, rounds.query_slot), sorted_code.gather(-1, rounds.key_slot)
+        position = rounds.position
+        rows = [layout.chunks(layout.arrange(query_code[other][None].expand(position.shape[0], -1, -1, -1).gather(
+            -1, position))) for other in range(layout.rounds)]
+        cols = [layout.windows(layout.arrange(key_code[other][None].expand(position.shape[0], -1, -1, -1).gather(
+            -1, position)), -(1 << 30)) for other in range(layout.rounds)]
+        return rows, cols
+
     def _meetings(self, rounds: SortedRounds, row_position: torch.Tensor, col_position: torch.Tensor) -> torch.Tensor:
         """In how many rounds each (query, key) pair of each round's windows meets (≥ 1 where allowed)."""
         # A pair meets in a round iff bucket · span + chunk of the key minus that of the query is in
@@ -341,16 +445,180 @@ class LSHAttention(AttentionMechanism):
         return count.clamp(min=1)
 
     @staticmethod
-    def _combine_rounds(contexts: torch.Tensor, log_normalisers: torch.Tensor, v: torch.Tensor,
-                        real: torch.Tensor) -> torch.Tensor:
-        """Σ_r exp(lse_r − logsumexp_r lse_r) · context_r; a real query that met no key takes its own value."""
+    def _combine_rounds(contexts: torch.Tensor, log_normalisers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Σ_r exp(lse_r − logsumexp_r lse_r) · context_r, and which positions met a key in some round."""
         met = torch.isfinite(log_normalisers).any(dim=0)
         log_normalisers = log_normalisers.masked_fill(~met, 0.0)  # finite, so that no gradient is NaN
         share = torch.exp(log_normalisers - torch.logsumexp(log_normalisers, dim=0)).masked_fill(~met, 0.0)
-        context = (share[..., None] * contexts.to(share.dtype)).sum(0)
-        alone = ~met & real[:, None, :]
-        context = torch.where(alone[..., None], v.to(share.dtype), context)
-        return (context * real[:, None, :, None]).to(v.dtype)
+        return (share[..., None] * contexts.to(share.dtype)).sum(0), met
+
+
+def _alone_and_padding(context: torch.Tensor, met: torch.Tensor, v: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """A real query that met no key in any round takes its own value; padded positions are zero."""
+    alone = ~met & real[:, None, :]
+    context = torch.where(alone[..., None], v.to(context.dtype), context)
+    return (context * real[:, None, :, None]).to(v.dtype)
+
+
+@dataclass
+class WindowLayout:
+    """Where the sorted items of every round lie for the fused kernel: (groups, items) with a group per round,
+    batch row and head ("buckets": a window stays inside its round), or per batch row and head with the rounds
+    concatenated (Reformer's cyclic windows, which run from one round into the next). A group's chunks are the
+    kernel's heads; each chunk's window is an overlapping view of the padded items, never copied."""
+
+    rounds: int
+    batch_heads: int
+    length: int
+    items: int
+    chunk: int
+    before: int
+    after: int
+    cyclic: bool
+
+    #: Mask elements built at a time: bounds the temporaries (codes, counts) of one piece's mask.
+    piece_elements = 1 << 22
+
+    @property
+    def groups(self) -> int:
+        return self.batch_heads if self.cyclic else self.rounds * self.batch_heads
+
+    @property
+    def chunks_per_group(self) -> int:
+        return (self.rounds if self.cyclic else 1) * self.items // self.chunk
+
+    @property
+    def front(self) -> int:
+        return self.before * self.chunk
+
+    @property
+    def window(self) -> int:
+        return (self.before + 1 + self.after) * self.chunk
+
+    def arrange(self, x: torch.Tensor) -> torch.Tensor:
+        """(rounds, batch, heads, items, …) -> (groups, items per group, …), contiguous."""
+        if self.cyclic:
+            return x.movedim(0, 2).flatten(0, 1).flatten(1, 2).contiguous()
+        return x.flatten(0, 2).contiguous()
+
+    def flat_slots(self, slots: torch.Tensor) -> torch.Tensor:
+        """Round r's sorted slots (rounds, batch, heads, n) as indices into the flattened (groups · items)."""
+        rounds, batch, heads = slots.shape[:3]
+        group = torch.arange(batch * heads, device=slots.device).view(1, batch, heads, 1)
+        in_round = torch.arange(rounds, device=slots.device).view(rounds, 1, 1, 1)
+        first = group * rounds + in_round if self.cyclic else in_round * batch * heads + group
+        return first * self.items + slots
+
+    def chunks(self, x: torch.Tensor) -> torch.Tensor:
+        """(groups, items, …) -> (groups, chunks, chunk, …)."""
+        return x.unflatten(1, (-1, self.chunk))
+
+    def pad(self, x: torch.Tensor, fill: float | int | bool | None) -> torch.Tensor:
+        """(groups, items, …) with the window padding: before · chunk items in front and after · chunk behind,
+        the other end's (cyclic), ``fill``, or (None) copies of the end items, whose mask hides them."""
+        back = self.after * self.chunk
+        if self.cyclic:
+            return torch.cat([x[:, x.shape[1] - self.front :], x, x[:, :back]], dim=1)
+
+        def pad(count: int, end: slice) -> torch.Tensor:
+            if fill is None:
+                return x[:, end].expand(x.shape[0], count, *x.shape[2:])
+            return x.new_full((x.shape[0], count, *x.shape[2:]), fill)
+
+        return torch.cat([pad(self.front, slice(0, 1)), x, pad(back, slice(-1, None))], dim=1)
+
+    def window_view(self, padded: torch.Tensor) -> torch.Tensor:
+        """(groups, padded items, …) -> (groups, chunks, window, …), chunk c's window the padded items
+        c · chunk … c · chunk + window: an overlapping view, no copy."""
+        inner = math.prod(padded.shape[2:])
+        chunks = (padded.shape[1] - self.window) // self.chunk + 1
+        size = (padded.shape[0], chunks, self.window, *padded.shape[2:])
+        return padded.as_strided(size, (padded.shape[1] * inner, self.chunk * inner, *padded.stride()[1:]))
+
+    def windows(self, x: torch.Tensor, fill: float | int | bool) -> torch.Tensor:
+        """(groups, items, …) -> (groups, chunks, window, …): chunks c − before … c + after of each chunk c,
+        the other end's (cyclic) or ``fill`` past the ends."""
+        return self.window_view(self.pad(x, fill))
+
+    def fold(self, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient of :meth:`window_view`: (groups, chunks, window, d) -> (groups, padded items, d)."""
+        groups, chunks, _, dim = grad.shape
+        items, chunk = chunks * self.chunk, self.chunk
+        folded = grad.new_zeros(groups, items + self.window - chunk, dim)
+        by_place = grad.transpose(1, 2)  # the kernel's gradient is laid out (groups, window, chunks, d)
+        for shift in range(self.before + 1 + self.after):
+            target = folded[:, shift * chunk : shift * chunk + items].view(groups, chunks, chunk, dim)
+            target.transpose(1, 2).add_(by_place[:, shift * chunk : (shift + 1) * chunk])
+        return folded
+
+    def pieces(self) -> list[tuple[slice, int | None]]:
+        """Slices of groups whose masks are built and run together, each inside one round (and which) unless cyclic."""
+        per_group = self.chunks_per_group * self.chunk * self.window
+        step = max(1, self.piece_elements // per_group)
+        if self.cyclic:
+            return [(slice(start, min(start + step, self.groups)), None) for start in range(0, self.groups, step)]
+        return [(slice(r * self.batch_heads + start, r * self.batch_heads + min(start + step, self.batch_heads)), r)
+                for r in range(self.rounds) for start in range(0, self.batch_heads, step)]
+
+
+class _WindowedRounds(torch.autograd.Function):
+    """Exact softmax over the union of every round's windows on SDPA's fused CPU flash kernel.
+
+    Each round's windows give an output and a log-sum-exp per sorted query; at each position the rounds
+    merge with weights exp(lse_r − lse). The backward runs the kernel's backward on each round with the
+    *merged* output and log-sum-exp, so the probabilities it recomputes are those of the union softmax:
+    exact gradients, with only the sorted items, the masks, the output and the log-sum-exp saved.
+    Queries come as (groups, items, d), keys and values with their window padding (:meth:`WindowLayout.pad`).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, q_items: torch.Tensor, k_items: torch.Tensor, v_items: torch.Tensor, layout: WindowLayout,
+                masks: list[tuple[slice, torch.Tensor]], met_items: torch.Tensor, item_index: torch.Tensor,
+                query_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dim = q_items.shape[-1]
+        queries, keys, values = layout.chunks(q_items), layout.window_view(k_items), layout.window_view(v_items)
+        out = torch.empty_like(queries)
+        lse = None
+        for piece, mask in masks:
+            piece_out, piece_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                queries[piece], keys[piece], values[piece], 0.0, False, attn_mask=mask)
+            if lse is None:  # the kernel's log-sum-exp dtype
+                lse = piece_lse.new_empty(queries.shape[:-1])
+            out[piece], lse[piece] = piece_out, piece_lse
+        shape = (layout.rounds, layout.batch_heads, layout.length)
+        round_out = out.view(-1, dim).index_select(0, query_index).view(*shape, dim)
+        round_lse = lse.view(-1).index_select(0, query_index).view(shape)
+        round_met = met_items.view(-1).index_select(0, query_index).view(shape)
+        round_lse = round_lse.masked_fill(~round_met, float("-inf"))
+        met = round_met.any(dim=0)
+        total = torch.logsumexp(round_lse, dim=0).masked_fill(~met, 0.0)  # finite: no key means zero weight
+        share = torch.exp(round_lse - total)
+        context = (share[..., None] * round_out.to(share.dtype)).sum(0)
+        ctx.layout, ctx.masks, ctx.item_index = layout, masks, item_index
+        ctx.save_for_backward(q_items, k_items, v_items, context.to(q_items.dtype), total)
+        ctx.mark_non_differentiable(met)
+        return context, met
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q_items, k_items, v_items, context, total = ctx.saved_tensors
+        layout = ctx.layout
+        queries, keys, values = layout.chunks(q_items), layout.window_view(k_items), layout.window_view(v_items)
+
+        def at_items(x: torch.Tensor) -> torch.Tensor:  # each sorted item's row of a per-position tensor
+            return layout.chunks(x.reshape(-1, *x.shape[2:]).index_select(0, ctx.item_index).view(
+                layout.groups, -1, *x.shape[2:]))
+
+        grad_out, out, lse = at_items(grad.to(q_items.dtype)), at_items(context), at_items(total)
+        grads = [torch.empty_like(x) for x in (q_items, k_items, v_items)]
+        for piece, mask in ctx.masks:
+            grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                grad_out[piece], queries[piece], keys[piece], values[piece], out[piece], lse[piece], 0.0, False,
+                attn_mask=mask)
+            layout.chunks(grads[0][piece]).copy_(grad_q)
+            grads[1][piece] = layout.fold(grad_k)
+            grads[2][piece] = layout.fold(grad_v)
+        return *grads, None, None, None, None, None
 
 
 def _lookup(table: torch.Tensor, index: torch.Tensor, shape: torch.Size) -> torch.Tensor:

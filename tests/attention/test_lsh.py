@@ -285,3 +285,62 @@ def test_reformer_code_pattern_runs_plain_attention_on_an_input_of_one_chunk():
     not_self = ~torch.eye(19, dtype=torch.bool)
     torch.testing.assert_close(attention(q, q, v, causal=False),
                                dense_reference_attention(q, shared_qk_keys(q), v, not_self), atol=1e-5, rtol=1e-5)
+
+
+def assert_gradients_close(got, want, **tolerance) -> None:
+    """Gradients equal where the expected one exists; where it does not (k in shared-QK), none or zero."""
+    for g, w in zip(got, want, strict=True):
+        if w is None:
+            assert g is None or not g.abs().max() > 0
+            continue
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, w, **tolerance)
+
+
+@pytest.mark.parametrize("pattern", ["buckets", "chunks"])
+@pytest.mark.parametrize("shared_qk", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_explicit_scores_of_the_dropout_path_equal_the_fused_kernel(pattern, shared_qk, causal, monkeypatch):
+    """Training with dropout forms the scores explicitly; with nothing dropped it computes what the kernel does."""
+    attention = mechanism(shared_qk=shared_qk, lsh_attention_pattern=pattern)
+    q, k, v = (x.double().requires_grad_() for x in qkv())
+    mask = padding_mask(2, 19, "right")
+    fused = attention(q, k, v, padding_mask=mask, causal=causal)
+    fused_grads = torch.autograd.grad(fused.square().sum(), (q, k, v), allow_unused=True)
+    monkeypatch.setattr(attention, "attention_dropout", lambda x: 1e-300)  # the explicit path, evaluation: no drop
+    explicit = attention(q, k, v, padding_mask=mask, causal=causal)
+    explicit_grads = torch.autograd.grad(explicit.square().sum(), (q, k, v), allow_unused=True)
+    torch.testing.assert_close(explicit, fused, atol=1e-10, rtol=1e-10)
+    assert_gradients_close(explicit_grads, fused_grads, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("shared_qk", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_reformer_code_pattern_gradients_equal_its_weighted_reference(shared_qk, causal):
+    attention = mechanism(shared_qk=shared_qk, lsh_attention_pattern="chunks", lsh_num_chunks_after=0)
+    q, k, v = (x.double().requires_grad_() for x in qkv())
+    mask = padding_mask(2, 19, "right")
+    out = attention(q, k, v, padding_mask=mask, causal=causal)
+    keys = shared_qk_keys(q) if shared_qk else k
+    counts = reformer_code_weights(attention, q.detach(), keys.detach(), mask, causal)
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, keys) / 8**0.5
+    scores = (scores + counts.log()).masked_fill(counts == 0, float("-inf"))
+    expected = torch.einsum("bhqk,bhkd->bhqd", scores.softmax(-1).nan_to_num(0.0), v)
+    expected = expected * mask[:, None, :, None]
+    got = torch.autograd.grad(out.square().sum(), (q, k, v), allow_unused=True)
+    want = torch.autograd.grad(expected.square().sum(), (q, k, v), allow_unused=True)
+    assert_gradients_close(got, want, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shared_qk", [False, True])
+def test_causal_gradients_equal_the_reference(shared_qk):
+    attention = mechanism(shared_qk=shared_qk)
+    q, k, v = (x.double().requires_grad_() for x in qkv())
+    mask = padding_mask(2, 19, "left")
+    out = attention(q, k, v, padding_mask=mask, causal=True)
+    keys = shared_qk_keys(q) if shared_qk else k
+    allowed = reference_pattern(attention, q.detach(), keys.detach(), mask, True)
+    expected = dense_reference_attention(q, keys, v, allowed)
+    got = torch.autograd.grad(out.square().sum(), (q, k, v), allow_unused=True)
+    want = torch.autograd.grad(expected.square().sum(), (q, k, v), allow_unused=True)
+    assert_gradients_close(got, want, atol=1e-8, rtol=1e-6)
