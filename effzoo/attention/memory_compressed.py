@@ -44,7 +44,7 @@ def compress_windows(packed: torch.Tensor, counts: torch.Tensor, weight: torch.T
     grouped = F.pad(packed, (0, 0, 0, windows * rate - length)).view(batch, heads, windows, rate, dim) * inside
     received = (counts[:, None] - torch.arange(windows, device=packed.device) * rate).clamp(0, rate)
     summed = torch.einsum("bhwti,oit->bhwo", grouped, weight.to(packed.dtype))
-    scale = (rate / received.clamp(min=1)).to(packed.dtype)[:, None, :, None]
+    scale = (rate / received.clamp(min=1).to(packed.dtype))[:, None, :, None]
     return summed * scale + bias.to(packed.dtype), received > 0
 
 
