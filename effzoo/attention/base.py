@@ -47,6 +47,8 @@ class AttentionMechanism(nn.Module):
     #: Whether the mechanism has state estimated from data (routing's centroids) that conversion sets by
     #: running sample text through the model: such a mechanism implements ``calibrate_on(q, k, padding_mask)``.
     calibrates: ClassVar[bool] = False
+    #: What calibration sets and how (the conversion report's words).
+    calibration_method: ClassVar[str] = ""
 
     @classmethod
     def check_can_return_weights(cls) -> None:

@@ -84,6 +84,7 @@ class InducingAttention(AttentionMechanism):
 
     supports_causal = False
     calibrates = True
+    calibration_method = "the latents as k-means centroids of each head's real queries"
     conversion_init = ("inducing latents: k-means centroids of each head's real queries on sample text "
                        "(standard normal until calibrated)")
     no_attention_weights_reason = (

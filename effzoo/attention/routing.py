@@ -132,6 +132,7 @@ class RoutingAttention(AttentionMechanism):
 
     supports_causal = True
     calibrates = True
+    calibration_method = "spherical k-means of the routing centroids over the routing heads' real queries and keys"
     no_attention_weights_reason = (
         "routing attention's weights are spread over its clusters and are not assembled into one tensor."
     )

@@ -1,5 +1,5 @@
-"""Shared fields of the variants that compress the sequence (Linformer, memory-compressed attention,
-Nyström, inducing points, Fastformer)."""
+"""Shared fields of the variants that compress the keys (Linformer, memory-compressed attention,
+Nyström, inducing points); Fastformer's queries attend no keys, so it has none of them."""
 
 from __future__ import annotations
 

@@ -212,8 +212,11 @@ def _calibrate(model: torch.nn.Module, source_dir: Path, calibration_text: str |
     """Calibrate the model's data-estimated state on sample text; what was done, for the report."""
     from transformers import AutoTokenizer
 
+    mechanisms = [module for module in model.modules() if getattr(module, "calibrates", False)]
+    methods = "; ".join(sorted({mechanism.calibration_method for mechanism in mechanisms}))
+    drawn = "; ".join(sorted({mechanism.conversion_init for mechanism in mechanisms}))
     texts, description = calibration_texts(calibration_text)
-    stays = "so the mechanism's state stays as drawn (routing: random centroids from routing_seed); calibrate before use"
+    stays = f"so the state stays as drawn ({drawn}); calibrate before use"
     try:
         tokenizer = AutoTokenizer.from_pretrained(source_dir)
     except (OSError, ValueError) as error:
@@ -225,7 +228,7 @@ def _calibrate(model: torch.nn.Module, source_dir: Path, calibration_text: str |
                 f"(it has no vocabulary for it), {stays}")
     calibrate(model, batch)
     tokens = int(batch["attention_mask"].sum())
-    return f"spherical k-means of every layer's routing centroids over {description} ({tokens:,} tokens)"
+    return f"{methods}, layer after layer, on {description} ({tokens:,} tokens)"
 
 
 def _check_output(output: Path, source_dir: Path, overwrite: bool) -> None:

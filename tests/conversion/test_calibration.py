@@ -52,7 +52,7 @@ def test_routing_centroids_are_fitted_to_the_sample(tmp_path):
     report = effzoo.convert(source, "routing", tmp_path / "out", overrides=ROUTING, calibration_text=text,
                             progress=False)
     assert report.calibration.startswith("spherical k-means") and "6 paragraphs of sample.txt" in report.calibration
-    assert "calibration spherical k-means" in str(report)
+    assert "calibration spherical k-means of the routing centroids" in str(report)
     calibrated = effzoo.RoutingModel.from_pretrained(tmp_path / "out").eval()
     torch.manual_seed(0)
     drawn = effzoo.RoutingModel(calibrated.config).eval()
