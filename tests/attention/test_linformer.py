@@ -271,3 +271,14 @@ def test_a_sequence_longer_than_the_projection_is_refused():
 def test_a_causal_request_is_refused():
     with pytest.raises(ValueError, match="causal=True.*memory_compressed"):
         mechanism()(*qkv(), causal=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_close_to_float32(dtype):
+    attention = mechanism()
+    q, k, v = qkv()
+    mask = padding_mask(2, LENGTH, "left")
+    expected = attention(q, k, v, padding_mask=mask)
+    out = attention.to(dtype)(q.to(dtype), k.to(dtype), v.to(dtype), padding_mask=mask)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=5e-2)

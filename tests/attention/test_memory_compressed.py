@@ -257,3 +257,15 @@ def test_generate_matches_the_causal_forward():
 def test_a_bad_compression_rate_is_refused(value):
     with pytest.raises(ValueError, match="compression_rate"):
         config(compression_rate=value)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_close_to_float32(dtype, causal):
+    attention = mechanism()
+    q, k, v = qkv()
+    mask = padding_mask(2, LENGTH, "left")
+    expected = attention(q, k, v, padding_mask=mask, causal=causal)
+    out = attention.to(dtype)(q.to(dtype), k.to(dtype), v.to(dtype), padding_mask=mask, causal=causal)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=5e-2)
