@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"modeling"},
     {"remote_code"},
     {"variants"},
-    {"arguments", "checkpoints", "output_folders"},
+    {"arguments", "checkpoints", "corpora", "output_folders"},
     {"conversion"},
     {"hub"},
     {"training"},

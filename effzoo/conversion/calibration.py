@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..corpora import BBC_NEWS_LABELS, bbc_news_directory
 from .parity import SAMPLE_TEXTS
 
 #: The built-in sample: this many BBC News articles of each class (the first files by name).
@@ -36,8 +37,6 @@ def calibration_texts(path: str | Path | None) -> tuple[list[str], str]:
             raise ValueError(f"Calibration text {path} is empty; give a file with some text.")
         return texts, f"{len(texts)} paragraphs of {path.name}"
     try:
-        from ..training.data import BBC_NEWS_LABELS, bbc_news_directory
-
         root = bbc_news_directory()
         files = [file for label in BBC_NEWS_LABELS for file in sorted((root / label).glob("*.txt"))[:ARTICLES_PER_CLASS]]
         texts = [file.read_bytes().decode("utf-8", errors="replace").strip() for file in files]

