@@ -540,16 +540,15 @@ class WindowLayout:
         the other end's (cyclic) or ``fill`` past the ends."""
         return self.window_view(self.pad(x, fill))
 
-    def fold(self, grad: torch.Tensor) -> torch.Tensor:
-        """The gradient of :meth:`window_view`: (groups, chunks, window, d) -> (groups, padded items, d)."""
+    def fold_into(self, folded: torch.Tensor, grad: torch.Tensor) -> None:
+        """Add the gradient of :meth:`window_view`, (groups, chunks, window, d), into ``folded``, (groups, padded
+        items, d): each padded item gets the sum over the windows it is in."""
         groups, chunks, _, dim = grad.shape
         items, chunk = chunks * self.chunk, self.chunk
-        folded = grad.new_zeros(groups, items + self.window - chunk, dim)
         by_place = grad.transpose(1, 2)  # the kernel's gradient is laid out (groups, window, chunks, d)
         for shift in range(self.before + 1 + self.after):
             target = folded[:, shift * chunk : shift * chunk + items].view(groups, chunks, chunk, dim)
             target.transpose(1, 2).add_(by_place[:, shift * chunk : (shift + 1) * chunk])
-        return folded
 
     def pieces(self) -> list[tuple[slice, int | None]]:
         """Slices of groups whose masks are built and run together, each inside one round (and which) unless cyclic."""
@@ -605,19 +604,22 @@ class _WindowedRounds(torch.autograd.Function):
         layout = ctx.layout
         queries, keys, values = layout.chunks(q_items), layout.window_view(k_items), layout.window_view(v_items)
 
-        def at_items(x: torch.Tensor) -> torch.Tensor:  # each sorted item's row of a per-position tensor
-            return layout.chunks(x.reshape(-1, *x.shape[2:]).index_select(0, ctx.item_index).view(
-                layout.groups, -1, *x.shape[2:]))
+        item_index = ctx.item_index.view(layout.groups, -1)
+        grad = grad.to(q_items.dtype)
 
-        grad_out, out, lse = at_items(grad.to(q_items.dtype)), at_items(context), at_items(total)
-        grads = [torch.empty_like(x) for x in (q_items, k_items, v_items)]
+        def at_items(x: torch.Tensor, piece: slice) -> torch.Tensor:  # a piece's sorted items' rows of x
+            index = item_index[piece]
+            return layout.chunks(x.reshape(-1, *x.shape[2:]).index_select(0, index.flatten()).view(
+                *index.shape, *x.shape[2:]))
+
+        grads = [torch.empty_like(q_items), torch.zeros_like(k_items), torch.zeros_like(v_items)]
         for piece, mask in ctx.masks:
             grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                grad_out[piece], queries[piece], keys[piece], values[piece], out[piece], lse[piece], 0.0, False,
-                attn_mask=mask)
+                at_items(grad, piece), queries[piece], keys[piece], values[piece], at_items(context, piece),
+                at_items(total, piece), 0.0, False, attn_mask=mask)
             layout.chunks(grads[0][piece]).copy_(grad_q)
-            grads[1][piece] = layout.fold(grad_k)
-            grads[2][piece] = layout.fold(grad_v)
+            layout.fold_into(grads[1][piece], grad_k)
+            layout.fold_into(grads[2][piece], grad_v)
         return *grads, None, None, None, None, None
 
 
