@@ -135,6 +135,47 @@ from .modeling.routing import (
     RoutingModel,
     RoutingPreTrainedModel,
 )
+from .configs.fastformer import FastformerConfig
+from .modeling.fastformer import (
+    FastformerForMaskedLM,
+    FastformerForMultipleChoice,
+    FastformerForQuestionAnswering,
+    FastformerForSequenceClassification,
+    FastformerForTokenClassification,
+    FastformerModel,
+    FastformerPreTrainedModel,
+)
+from .configs.inducing import InducingConfig
+from .modeling.inducing import (
+    InducingForMaskedLM,
+    InducingForMultipleChoice,
+    InducingForQuestionAnswering,
+    InducingForSequenceClassification,
+    InducingForTokenClassification,
+    InducingModel,
+    InducingPreTrainedModel,
+)
+from .configs.linformer import LinformerConfig
+from .modeling.linformer import (
+    LinformerForMaskedLM,
+    LinformerForMultipleChoice,
+    LinformerForQuestionAnswering,
+    LinformerForSequenceClassification,
+    LinformerForTokenClassification,
+    LinformerModel,
+    LinformerPreTrainedModel,
+)
+from .configs.memory_compressed import MemoryCompressedConfig
+from .modeling.memory_compressed import (
+    MemoryCompressedForCausalLM,
+    MemoryCompressedForMaskedLM,
+    MemoryCompressedForMultipleChoice,
+    MemoryCompressedForQuestionAnswering,
+    MemoryCompressedForSequenceClassification,
+    MemoryCompressedForTokenClassification,
+    MemoryCompressedModel,
+    MemoryCompressedPreTrainedModel,
+)
 
 from .conversion import compare_with_source, convert
 from .variants import VARIANTS, get_variant, register_all
@@ -271,4 +312,37 @@ __all__ = [
     "RoutingForTokenClassification",
     "RoutingModel",
     "RoutingPreTrainedModel",
+    "FastformerConfig",
+    "FastformerForMaskedLM",
+    "FastformerForMultipleChoice",
+    "FastformerForQuestionAnswering",
+    "FastformerForSequenceClassification",
+    "FastformerForTokenClassification",
+    "FastformerModel",
+    "FastformerPreTrainedModel",
+    "InducingConfig",
+    "InducingForMaskedLM",
+    "InducingForMultipleChoice",
+    "InducingForQuestionAnswering",
+    "InducingForSequenceClassification",
+    "InducingForTokenClassification",
+    "InducingModel",
+    "InducingPreTrainedModel",
+    "LinformerConfig",
+    "LinformerForMaskedLM",
+    "LinformerForMultipleChoice",
+    "LinformerForQuestionAnswering",
+    "LinformerForSequenceClassification",
+    "LinformerForTokenClassification",
+    "LinformerModel",
+    "LinformerPreTrainedModel",
+    "MemoryCompressedConfig",
+    "MemoryCompressedForCausalLM",
+    "MemoryCompressedForMaskedLM",
+    "MemoryCompressedForMultipleChoice",
+    "MemoryCompressedForQuestionAnswering",
+    "MemoryCompressedForSequenceClassification",
+    "MemoryCompressedForTokenClassification",
+    "MemoryCompressedModel",
+    "MemoryCompressedPreTrainedModel",
 ]

@@ -25,6 +25,10 @@ from .modeling import performer as performer_modeling
 from .modeling import reformer as reformer_modeling
 from .modeling import routing as routing_modeling
 from .modeling import sparse as sparse_modeling
+from .modeling import memory_compressed as memory_compressed_modeling
+from .modeling import linformer as linformer_modeling
+from .modeling import inducing as inducing_modeling
+from .modeling import fastformer as fastformer_modeling
 from .modeling.backbone import EffzooModel, EffzooPreTrainedModel
 from .modeling.heads import (
     EffzooForCausalLM,
@@ -95,6 +99,14 @@ VARIANTS: dict[str, Variant] = {
         Variant("reformer", reformer_modeling, "angular LSH: attend inside hash buckets, several rounds combined"),
         Variant("routing", routing_modeling,
                 "online k-means routing: each cluster attends its nearest tokens, beside local heads"),
+        Variant('fastformer', fastformer_modeling,
+                'additive attention: a global query and a global key summarise the sequence'),
+        Variant('inducing', inducing_modeling,
+                "Set Transformer's induced set attention: tokens pooled into m latents and read back"),
+        Variant('linformer', linformer_modeling,
+                'low-rank projection of keys and values to k rows, at any length, padding excluded'),
+        Variant('memory_compressed', memory_compressed_modeling,
+                'memory-compressed attention: keys and values pooled by a strided convolution'),
     ]
 }
 

@@ -64,7 +64,7 @@ class LinformerAttention(AttentionMechanism):
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__(config, layer_idx)
-        self.projected_length = config.projected_length
+        self.projected_length = config.projected_rows()
         self.max_positions = config.max_position_embeddings
         self.projection_init = config.projection_init
         self.global_special_tokens = config.global_special_tokens

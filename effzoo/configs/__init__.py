@@ -12,6 +12,10 @@ from .performer import PerformerConfig
 from .reformer import EffzooReformerConfig
 from .routing import RoutingConfig
 from .sparse import SparseConfig
+from .memory_compressed import MemoryCompressedConfig
+from .linformer import LinformerConfig
+from .inducing import InducingConfig
+from .fastformer import FastformerConfig
 
 __all__ = [
     "BERT_FIELDS",
@@ -28,4 +32,8 @@ __all__ = [
     "EffzooReformerConfig",
     "RoutingConfig",
     "SparseConfig",
+    "MemoryCompressedConfig",
+    "LinformerConfig",
+    "InducingConfig",
+    "FastformerConfig",
 ]

@@ -9,6 +9,8 @@ from .compressed import CompressedConfig
 #: ("headwise"), one per layer for keys and values of all heads ("key_value").
 PROJECTION_SHARING = ("none", "headwise", "key_value")
 PROJECTION_INITS = ("pooling", "gaussian")
+#: k when ``projected_length`` is None: the paper's k at n = 512.
+DEFAULT_PROJECTED_LENGTH = 128
 
 
 class LinformerConfig(CompressedConfig):
@@ -16,9 +18,10 @@ class LinformerConfig(CompressedConfig):
     matrices E and F (used on the actual length, any length up to the maximum) to ``projected_length`` rows,
     and every query attends those (and the exact special tokens, ``global_special_tokens``).
 
-    - ``projected_length``: k, the rows keys and values are projected to; at most ``max_position_embeddings``.
-      128 is the paper's k at n = 512 and the setting measured on all-MiniLM-L6-v2 (0.83 sentence cosine
-      with the pooling start and the special tokens exact).
+    - ``projected_length``: k, the rows keys and values are projected to; at most ``max_position_embeddings``;
+      None for 128 or ``max_position_embeddings`` if that is smaller (:meth:`projected_rows`). 128 is the
+      paper's k at n = 512 and the setting measured on all-MiniLM-L6-v2 (0.83 sentence cosine with the
+      pooling start and the special tokens exact).
     - ``projection_sharing``: ``"none"`` (E and F per head), ``"headwise"`` (E and F per layer, shared by
       the heads) or ``"key_value"`` (one matrix per layer for keys and values of every head): three of
       the paper's four modes. ``"layerwise"`` (one matrix for the whole model) is refused: a mechanism
@@ -30,14 +33,15 @@ class LinformerConfig(CompressedConfig):
 
     model_type = "effzoo-linformer"
 
-    projected_length: int = 128
+    projected_length: int | None = None
     projection_sharing: str = "headwise"
     projection_init: str = "pooling"
 
     def check_backbone(self) -> None:
         super().check_backbone()
-        positive_int("projected_length", self.projected_length, "Choose the rows keys are projected to, e.g. 128.")
-        if self.projected_length > self.max_position_embeddings:
+        positive_int("projected_length", self.projected_length, "Choose the rows keys are projected to, e.g. 128, "
+                     "or None for 128 (at most max_position_embeddings).", allow_none=True)
+        if self.projected_rows() > self.max_position_embeddings:
             raise ValueError(
                 f"projected_length ({self.projected_length}) is larger than max_position_embeddings "
                 f"({self.max_position_embeddings}), the columns of the projection; choose at most "
@@ -57,3 +61,9 @@ class LinformerConfig(CompressedConfig):
                 "sequence into each row, future ones included). Set is_decoder=False, or use the "
                 "memory_compressed variant for a causal model."
             )
+
+    def projected_rows(self) -> int:
+        """k: ``projected_length``, or 128 (at most ``max_position_embeddings``) when it is None."""
+        if self.projected_length is None:
+            return min(DEFAULT_PROJECTED_LENGTH, self.max_position_embeddings)
+        return self.projected_length

@@ -16,7 +16,7 @@ class MemoryCompressedConfig(CompressedConfig):
     - ``compression_rate``: tokens per window, 3 as in the paper. 1 is exact attention.
     """
 
-    model_type = "effzoo-memory-compressed"
+    model_type = "effzoo-memory_compressed"
 
     compression_rate: int = 3
 

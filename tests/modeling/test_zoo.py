@@ -22,6 +22,10 @@ SMALL_PATTERNS = {
     "bigbird": {"block_size": 2, "num_random_blocks": 1, "dense_attention_below": 0},
     "sparse": {"stride": 4, "summary_size": 2, "dense_attention_below": 0},
     "axial": {"axial_shape": [4, 16], "dense_attention_below": 0},
+    "linformer": {"projected_length": 8},
+    "memory_compressed": {"compression_rate": 2},
+    "inducing": {"num_inducing_points": 4},
+    "nystrom": {"num_landmarks": 4},
 }
 
 
