@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AttentionMechanism
-from .masking import key_padding_attn_mask, real_tokens_first_order, zero_padded_queries
+from .masking import gather_positions, key_padding_attn_mask, real_tokens_first_order, zero_padded_queries
 from .special_keys import append_special_keys, special_token_mask
 
 
@@ -89,12 +89,20 @@ def landmark_segments(members: torch.Tensor, num_landmarks: int) -> Segments:
 
 
 def segment_means(x: torch.Tensor, segments: Segments) -> torch.Tensor:
-    """(batch, heads, L, d) -> (batch, heads, m, d): the mean of each segment's rows (0 for no landmark)."""
-    batch, heads, _, dim = x.shape
+    """(batch, heads, L, d) -> (batch, heads, m, d): the mean of each segment's rows (0 for no landmark).
+
+    The tokens are picked as rows of all heads at once (one ``index_select`` of (batch·L, heads·d) rows,
+    no copy when the heads were split from a (batch, L, hidden) projection, as the backbone's are) and
+    averaged by one batched product with each segment's weights 1/c: several times faster on CPU than a
+    ``gather`` along the length."""
+    batch, heads, length, dim = x.shape
     _, m, width = segments.index.shape
-    rows = x.gather(2, segments.index.view(batch, 1, m * width, 1).expand(-1, heads, -1, dim))
-    rows = rows.view(batch, heads, m, width, dim) * segments.taken[:, None, :, :, None]
-    return rows.sum(-2) / segments.sizes.clamp_min(1)[:, None, :, None]
+    rows = x.transpose(1, 2).reshape(batch * length, heads * dim)
+    flat = segments.index + torch.arange(batch, device=x.device)[:, None, None] * length
+    picked = rows.index_select(0, flat.flatten()).view(batch * m, width, heads * dim)
+    weights = segments.taken.to(x.dtype) / segments.sizes.clamp_min(1)[..., None].to(x.dtype)
+    weights = weights.view(batch * m, 1, width)
+    return torch.bmm(weights, picked).view(batch, m, heads, dim).transpose(1, 2)
 
 
 def iterative_pinv(a: torch.Tensor, iterations: int) -> torch.Tensor:
@@ -214,17 +222,24 @@ class NystromAttention(AttentionMechanism):
     ) -> torch.Tensor:
         """X = pinv(kernel2) · (kernel3 · V), (batch, heads, m, d), what the queries read from the landmarks;
         X = the members' own values in a sequence whose every member is a landmark (the exact limit)."""
-        own_values = segment_means(v.to(q_landmarks.dtype), segments)
         if members.shape[1] <= self.num_landmarks:  # every sequence is in the exact limit
-            return own_values
+            return self.own_values(v, segments, q_landmarks.dtype)
         scale = 1.0 / math.sqrt(q_landmarks.shape[-1])
         kernel_2 = torch.softmax(q_landmarks @ k_landmarks.transpose(-1, -2) * scale
                                  + visible_somewhere(log_sizes)[:, None, None, :], dim=-1)
         kernel_3_v = F.scaled_dot_product_attention(q_landmarks.to(k.dtype), k, v,
                                                     attn_mask=key_padding_attn_mask(members))
         nystrom = iterative_pinv(kernel_2, self.pinv_iterations) @ kernel_3_v.to(kernel_2.dtype)
-        exact = (members.sum(-1) <= self.num_landmarks)[:, None, None, None]
-        return torch.where(exact, own_values, nystrom)
+        exact = members.sum(-1) <= self.num_landmarks
+        if not exact.any():  # a host sync, which spares long batches the gather (and its backward's zeros)
+            return nystrom
+        return torch.where(exact[:, None, None, None], self.own_values(v, segments, nystrom.dtype), nystrom)
+
+    @staticmethod
+    def own_values(v: torch.Tensor, segments: Segments, dtype: torch.dtype) -> torch.Tensor:
+        """(batch, heads, m, d): the value of each segment's first token, X of a sequence in the exact limit
+        (where every segment is one token)."""
+        return gather_positions(v, segments.index[:, :, 0]).to(dtype)
 
     def convolved_values(self, v: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
         """The depthwise convolution of each head's values along the sequence, padded values zeroed: with

@@ -37,5 +37,6 @@ class NystromConfig(CompressedConfig):
         if self.conv_kernel_size is not None and self.conv_kernel_size % 2 == 0:
             raise ValueError(
                 f"conv_kernel_size must be odd (a centred window keeps the sequence length), got "
-                f"{self.conv_kernel_size}; e.g. conv_kernel_size={self.conv_kernel_size + 1}, or None for no convolution."
+                f"{self.conv_kernel_size}; e.g. conv_kernel_size={self.conv_kernel_size + 1}, or None for no "
+                "convolution."
             )
