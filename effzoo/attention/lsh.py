@@ -23,8 +23,12 @@ instead: a query attends its whole chunk window whatever the buckets, the window
 the concatenated rounds, and the rounds are combined without the meeting count (a key met in two
 rounds weighs twice). Converted Transformers Reformers use it, so they compute what they computed there.
 
-Memory is O(rounds · L · window), window = (before + 1 + after) · chunk: no L × L tensor. The
-rotations are a buffer drawn from the mechanism's own generator (``hash_seed``), fixed in
+Memory is O(rounds · L · window), window = (before + 1 + after) · chunk: no L × L tensor. On the
+CPU without dropout the rounds run on SDPA's fused flash kernel under additive masks (the scores
+are never stored; see :class:`_WindowedRounds`); elsewhere the scores of each window are formed
+explicitly.
+
+The rotations are a buffer drawn from the mechanism's own generator (``hash_seed``), fixed in
 evaluation (save → load gives the same outputs); each training forward draws new ones from a
 seed taken from torch's global generator, so ``set_seed`` reproduces a run and reversible layers
 or checkpointing, which restore that generator, redraw the same ones when they recompute.
@@ -230,9 +234,9 @@ class LSHAttention(AttentionMechanism):
         # A chunk holds lsh_chunk_length queries: with separate queries and keys, twice as many items.
         chunk = self.chunk_length if self.shared_qk else 2 * self.chunk_length
         rounds = SortedRounds.build(query_buckets, key_buckets, real, self.bucket_count, chunk)
-        if self.attention_dropout(q) == 0.0:
+        if q.device.type == "cpu" and self.attention_dropout(q) == 0.0:
             context, met = self._attend_rounds_fused(q, k, v, rounds, causal)
-        else:  # the fused kernel draws no dropout: scores are formed and dropped out explicitly
+        else:  # the fused CPU kernel draws no dropout: elsewhere the scores are formed explicitly
             contexts, log_normalisers = self._attend_rounds(q, k, v, rounds, causal)
             context, met = self._combine_rounds(contexts, log_normalisers)
         return _alone_and_padding(context, met, v, real)
