@@ -176,6 +176,16 @@ from .modeling.memory_compressed import (
     MemoryCompressedModel,
     MemoryCompressedPreTrainedModel,
 )
+from .configs.nystrom import NystromConfig
+from .modeling.nystrom import (
+    NystromForMaskedLM,
+    NystromForMultipleChoice,
+    NystromForQuestionAnswering,
+    NystromForSequenceClassification,
+    NystromForTokenClassification,
+    NystromModel,
+    NystromPreTrainedModel,
+)
 
 from .conversion import compare_with_source, convert
 from .variants import VARIANTS, get_variant, register_all
@@ -345,4 +355,12 @@ __all__ = [
     "MemoryCompressedForTokenClassification",
     "MemoryCompressedModel",
     "MemoryCompressedPreTrainedModel",
+    "NystromConfig",
+    "NystromForMaskedLM",
+    "NystromForMultipleChoice",
+    "NystromForQuestionAnswering",
+    "NystromForSequenceClassification",
+    "NystromForTokenClassification",
+    "NystromModel",
+    "NystromPreTrainedModel",
 ]

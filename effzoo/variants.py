@@ -25,6 +25,7 @@ from .modeling import performer as performer_modeling
 from .modeling import reformer as reformer_modeling
 from .modeling import routing as routing_modeling
 from .modeling import sparse as sparse_modeling
+from .modeling import nystrom as nystrom_modeling
 from .modeling import memory_compressed as memory_compressed_modeling
 from .modeling import linformer as linformer_modeling
 from .modeling import inducing as inducing_modeling
@@ -107,6 +108,8 @@ VARIANTS: dict[str, Variant] = {
                 'low-rank projection of keys and values to k rows, at any length, padding excluded'),
         Variant('memory_compressed', memory_compressed_modeling,
                 'memory-compressed attention: keys and values pooled by a strided convolution'),
+        Variant('nystrom', nystrom_modeling,
+                'Nyström approximation of softmax through segment-mean landmarks'),
     ]
 }
 

@@ -16,7 +16,7 @@ def variant_rows() -> dict[str, list[str]]:
     """The README's variant table: name -> its cells (idea, paper, causal LM, status)."""
     rows = {}
     for line in README.read_text().splitlines():
-        match = re.match(r"\| `([a-z]+)` \|(.*)\|$", line)
+        match = re.match(r"\| `([a-z_]+)` \|(.*)\|$", line)
         if match:
             rows.setdefault(match.group(1), [cell.strip() for cell in match.group(2).split("|")])
     return rows

@@ -597,7 +597,7 @@ def _transformers_implementations() -> list[Implementation]:
             "hf_nystromformer", "transformers",
             "Transformers NystromformerLayer (64 landmarks, conv kernel 65)",
             _nystromformer_config, NystromformerConfig, _nystromformer_layer, _nystromformer_model,
-            counterpart="nystromformer",
+            counterpart="nystrom",
         ),
     ]
 

@@ -12,6 +12,7 @@ from .performer import PerformerConfig
 from .reformer import EffzooReformerConfig
 from .routing import RoutingConfig
 from .sparse import SparseConfig
+from .nystrom import NystromConfig
 from .memory_compressed import MemoryCompressedConfig
 from .linformer import LinformerConfig
 from .inducing import InducingConfig
@@ -32,6 +33,7 @@ __all__ = [
     "EffzooReformerConfig",
     "RoutingConfig",
     "SparseConfig",
+    "NystromConfig",
     "MemoryCompressedConfig",
     "LinformerConfig",
     "InducingConfig",

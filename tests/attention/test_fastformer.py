@@ -16,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from effzoo.attention.fastformer import FastformerAttention
 from effzoo.configs.fastformer import FastformerConfig
-from effzoo.modeling.fastformer import FastformerForMaskedLM, FastformerModel, FastformerPreTrainedModel
+from effzoo.modeling.fastformer import FastformerForMaskedLM, FastformerModel
 
 TINY = dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=8,
             max_position_embeddings=64, attention_probs_dropout_prob=0.0)
@@ -143,8 +143,7 @@ def test_memory_grows_linearly():
     assert large < 4 * 8192 * 8192 * 4 / 10  # an order of magnitude below heads × L × L floats
 
 
-def test_eval_is_deterministic_and_save_load_gives_identical_outputs(tmp_path, monkeypatch):
-    monkeypatch.setattr(FastformerPreTrainedModel, "save_hook", None)  # the registry's remote-code export
+def test_eval_is_deterministic_and_save_load_gives_identical_outputs(tmp_path):
     config = FastformerConfig(**{**TINY, "vocab_size": 99, "num_hidden_layers": 2})
     torch.manual_seed(0)
     model = FastformerForMaskedLM(config).eval()

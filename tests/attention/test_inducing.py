@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 from effzoo.attention.inducing import InducingAttention
 from effzoo.configs.inducing import InducingConfig
 from effzoo.conversion.calibration import calibrate
-from effzoo.modeling.inducing import InducingForMaskedLM, InducingModel, InducingPreTrainedModel
+from effzoo.modeling.inducing import InducingForMaskedLM, InducingModel
 
 TINY = dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=8,
             max_position_embeddings=64, attention_probs_dropout_prob=0.0)
@@ -160,8 +160,7 @@ def test_calibration_with_fewer_tokens_than_latents_keeps_the_others():
     assert not torch.equal(attention.latents[:, :3], before[:, :3])
 
 
-def test_calibrating_a_model_sets_every_layer_and_save_load_gives_identical_outputs(tmp_path, monkeypatch):
-    monkeypatch.setattr(InducingPreTrainedModel, "save_hook", None)  # the registry's remote-code export
+def test_calibrating_a_model_sets_every_layer_and_save_load_gives_identical_outputs(tmp_path):
     config = InducingConfig(**{**TINY, "vocab_size": 99, "num_hidden_layers": 2}, num_inducing_points=3)
     torch.manual_seed(0)
     model = InducingForMaskedLM(config).eval()

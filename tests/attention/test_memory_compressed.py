@@ -213,9 +213,8 @@ def test_bidirectional_memory_grows_linearly():
     assert large < 4 * 8192 * 8192 * 4 / 3 / 10  # an order of magnitude below heads × L × L / rate floats
 
 
-def test_eval_is_deterministic_and_save_load_gives_identical_outputs(tmp_path, monkeypatch):
+def test_eval_is_deterministic_and_save_load_gives_identical_outputs(tmp_path):
     # The registry's save hook writes remote code for a registered variant; this test needs only the weights.
-    monkeypatch.setattr(MemoryCompressedForMaskedLM, "save_hook", None)
     torch.manual_seed(0)
     model = MemoryCompressedForMaskedLM(config(vocab_size=99, num_hidden_layers=2)).eval()
     randomise(model.bert.encoder.layer[1].attention.self.mechanism)
