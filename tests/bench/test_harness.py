@@ -181,7 +181,7 @@ def test_transformers_built_ins_run_at_tiny_sizes(tmp_path):
     assert "512" in notes["hf_longformer"]  # padded to the attention window, as LongformerModel does
     assert "original_full" in notes["hf_bigbird"]  # too short for block-sparse: BigBirdModel's fallback
     assert "reversible" in notes["hf_reformer"]
-    assert {point["counterpart"] for point in run.points} == {"longformer", "bigbird", "reformer", "nystromformer"}
+    assert {point["counterpart"] for point in run.points} == {"longformer", "bigbird", "reformer", "nystrom"}
 
 
 def test_each_point_runs_in_its_own_process(tmp_path):

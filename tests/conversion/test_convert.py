@@ -119,7 +119,7 @@ def test_hub_ids_resolve_to_packaged_copies_and_fail_clearly_offline(tmp_path, m
 
 
 def test_unknown_variant_lists_known_ones(tmp_path):
-    with pytest.raises(ValueError, match="Unknown variant .performr.. Known variants: axial, bigbird, full, hedgehog"):
+    with pytest.raises(ValueError, match="Unknown variant .performr.. Known variants: axial, bigbird, fastformer, full, hedgehog"):
         effzoo.convert(tmp_path, "performr", tmp_path / "out")
 
 
@@ -200,4 +200,4 @@ def test_cli_prints_report_and_clear_errors(tmp_path, capsys):
     assert main(["convert", str(source_dir), "--to", "full", "--output", str(tmp_path / "out")]) == 2
     assert "error: Output directory" in capsys.readouterr().err
     assert main(["convert", str(source_dir), "--to", "nope", "--output", str(tmp_path / "x")]) == 2
-    assert "Known variants: axial, bigbird, full" in capsys.readouterr().err
+    assert "Known variants: axial, bigbird, fastformer, full" in capsys.readouterr().err
