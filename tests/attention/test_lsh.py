@@ -344,3 +344,20 @@ def test_causal_gradients_equal_the_reference(shared_qk):
     got = torch.autograd.grad(out.square().sum(), (q, k, v), allow_unused=True)
     want = torch.autograd.grad(expected.square().sum(), (q, k, v), allow_unused=True)
     assert_gradients_close(got, want, atol=1e-8, rtol=1e-6)
+
+
+def largest_allocation(attention: LSHAttention, length: int) -> int:
+    q, k, v = [torch.randn(1, 2, length, 8, requires_grad=True) for _ in range(3)]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        attention(q, k, v).sum().backward()
+    return max(event.self_cpu_memory_usage for event in prof.events())
+
+
+@pytest.mark.parametrize("shared_qk", [False, True], ids=["separate-qk", "shared-qk"])
+def test_memory_grows_linearly(shared_qk):
+    """With a fixed chunk and bucket count the largest allocation of a forward + backward is linear in L."""
+    attention = mechanism(num_hashes=2, num_buckets=16, lsh_chunk_length=64, lsh_num_chunks_after=0,
+                          shared_qk=shared_qk).train()
+    small, large = largest_allocation(attention, 4096), largest_allocation(attention, 8192)
+    assert large < 2.6 * small, (small, large)  # quadratic would be 4×
+    assert large < 2 * 8192 * 8192 * 4 / 10  # an order of magnitude below heads × L × L floats
