@@ -13,12 +13,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 
 from effzoo.attention.inducing import InducingAttention
 from effzoo.configs.inducing import InducingConfig
 from effzoo.conversion.calibration import calibrate
 from effzoo.modeling.inducing import InducingForMaskedLM, InducingModel
+from tests.attention.memory import assert_memory_grows_linearly
 
 TINY = dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=8,
             max_position_embeddings=64, attention_probs_dropout_prob=0.0)
@@ -111,19 +111,12 @@ def test_a_sequence_without_real_tokens_gives_zeros_not_nan():
     assert torch.equal(out, torch.zeros_like(out))
 
 
-def largest_allocation(attention: InducingAttention, length: int) -> int:
-    q, k, v = [torch.randn(1, 4, length, 8, requires_grad=True) for _ in range(3)]
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        attention(q, k, v).sum().backward()
-    return max(event.self_cpu_memory_usage for event in prof.events())
 
 
 def test_memory_grows_linearly():
     """With a fixed number of latents the largest allocation of a forward + backward is linear in L."""
     attention = mechanism(num_attention_heads=4, hidden_size=32, num_inducing_points=16).train()
-    small, large = largest_allocation(attention, 4096), largest_allocation(attention, 8192)
-    assert large < 2.6 * small, (small, large)  # quadratic would be 4×
-    assert large < 4 * 8192 * 8192 * 4 / 10  # an order of magnitude below heads × L × L floats
+    assert_memory_grows_linearly(attention, heads=4)
 
 
 def test_calibration_puts_the_latents_at_the_centres_of_the_real_queries():

@@ -11,13 +11,13 @@ import io
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 from transformers import DynamicCache
 
 from effzoo import HedgehogConfig, LinearConfig, PerformerConfig
 from effzoo.attention.feature_maps import FavorSoftmaxFeatures
 from effzoo.attention.kernel import KernelAttention, KernelAttentionCache
 from effzoo.attention.reference import dense_reference_attention, padding_and_causal_pattern
+from tests.attention.memory import largest_allocation
 
 KERNELS = ["softmax", "relu", "elu", "hedgehog"]
 HEADS, HEAD_DIM = 2, 8
@@ -414,11 +414,6 @@ def test_bf16_autocast_long_sequence_with_bert_norms(kernel: str) -> None:
         assert out.float().abs().amax() <= v.abs().amax() * 1.01
 
 
-def largest_allocation(fn) -> int:
-    """Bytes of the largest single allocation seen by the profiler while ``fn`` runs."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    return max(event.self_cpu_memory_usage for event in prof.events())
 
 
 def test_never_allocates_length_squared() -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from effzoo.attention.full import FullAttention
 from effzoo.attention.linformer import LinformerAttention
 from effzoo.attention.reference import dense_reference_attention
 from effzoo.configs.linformer import LinformerConfig
 from effzoo.modeling.linformer import LinformerForMaskedLM, LinformerModel
+from tests.attention.memory import assert_memory_grows_linearly
 
 TINY = dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=8,
             max_position_embeddings=32, attention_probs_dropout_prob=0.0)
@@ -208,20 +208,13 @@ def test_sharing_modes_own_the_parameters_they_say():
     assert shapes == {"none": [(2, 8, 32)] * 2, "headwise": [(1, 8, 32)] * 2, "key_value": [(1, 8, 32)]}
 
 
-def largest_allocation(attention: LinformerAttention, length: int) -> int:
-    q, k, v = [torch.randn(1, 4, length, 8, requires_grad=True) for _ in range(3)]
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        attention(q, k, v).sum().backward()
-    return max(event.self_cpu_memory_usage for event in prof.events())
 
 
 def test_memory_grows_linearly():
     """With a fixed k the largest allocation of a forward + backward is linear in L."""
     attention = mechanism(num_attention_heads=4, hidden_size=32, max_position_embeddings=8192,
                           projected_length=64).train()
-    small, large = largest_allocation(attention, 4096), largest_allocation(attention, 8192)
-    assert large < 2.6 * small, (small, large)  # quadratic would be 4×
-    assert large < 4 * 8192 * 8192 * 4 / 10  # an order of magnitude below heads × L × L floats
+    assert_memory_grows_linearly(attention, heads=4)
 
 
 def test_eval_is_deterministic_and_save_load_gives_identical_outputs(tmp_path):

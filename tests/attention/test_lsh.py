@@ -18,6 +18,7 @@ from effzoo.attention.full import FullAttention
 from effzoo.attention.lsh import LSHAttention, shared_qk_keys
 from effzoo.attention.reference import dense_reference_attention
 from effzoo.configs.reformer import EffzooReformerConfig
+from tests.attention.memory import assert_memory_grows_linearly
 
 TINY = dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=8,
             max_position_embeddings=64, attention_probs_dropout_prob=0.0)
@@ -346,11 +347,6 @@ def test_causal_gradients_equal_the_reference(shared_qk):
     assert_gradients_close(got, want, atol=1e-8, rtol=1e-6)
 
 
-def largest_allocation(attention: LSHAttention, length: int) -> int:
-    q, k, v = [torch.randn(1, 2, length, 8, requires_grad=True) for _ in range(3)]
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        attention(q, k, v).sum().backward()
-    return max(event.self_cpu_memory_usage for event in prof.events())
 
 
 @pytest.mark.parametrize("shared_qk", [False, True], ids=["separate-qk", "shared-qk"])
@@ -358,6 +354,4 @@ def test_memory_grows_linearly(shared_qk):
     """With a fixed chunk and bucket count the largest allocation of a forward + backward is linear in L."""
     attention = mechanism(num_hashes=2, num_buckets=16, lsh_chunk_length=64, lsh_num_chunks_after=0,
                           shared_qk=shared_qk).train()
-    small, large = largest_allocation(attention, 4096), largest_allocation(attention, 8192)
-    assert large < 2.6 * small, (small, large)  # quadratic would be 4×
-    assert large < 2 * 8192 * 8192 * 4 / 10  # an order of magnitude below heads × L × L floats
+    assert_memory_grows_linearly(attention, heads=2)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from effzoo.attention.full import FullAttention
 from effzoo.attention.memory_compressed import MemoryCompressedAttention
 from effzoo.attention.reference import dense_reference_attention
 from effzoo.configs.memory_compressed import MemoryCompressedConfig
 from effzoo.modeling.memory_compressed import MemoryCompressedForCausalLM, MemoryCompressedForMaskedLM, MemoryCompressedModel
+from tests.attention.memory import assert_memory_grows_linearly
 
 TINY = dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=8,
             max_position_embeddings=64, attention_probs_dropout_prob=0.0)
@@ -197,20 +197,13 @@ def test_a_row_without_tokens_gives_zeros():
         assert torch.isfinite(out).all() and out[0].abs().max() == 0 and out[1][:, [0, 3]].abs().max() == 0
 
 
-def largest_allocation(attention: MemoryCompressedAttention, length: int) -> int:
-    q, k, v = [torch.randn(1, 4, length, 8, requires_grad=True) for _ in range(3)]
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        attention(q, k, v).sum().backward()
-    return max(event.self_cpu_memory_usage for event in prof.events())
 
 
 def test_bidirectional_memory_grows_linearly():
     """The L × L / rate scores are never stored (one fused SDPA call under a key mask): the largest allocation
     of a forward + backward is linear in L."""
     attention = mechanism(num_attention_heads=4, hidden_size=32, max_position_embeddings=8192).train()
-    small, large = largest_allocation(attention, 4096), largest_allocation(attention, 8192)
-    assert large < 2.6 * small, (small, large)  # quadratic would be 4×
-    assert large < 4 * 8192 * 8192 * 4 / 3 / 10  # an order of magnitude below heads × L × L / rate floats
+    assert_memory_grows_linearly(attention, heads=4, quadratic_share=1 / 3)
 
 
 def test_eval_is_deterministic_and_save_load_gives_identical_outputs(tmp_path):

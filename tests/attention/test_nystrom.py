@@ -14,7 +14,6 @@ import math
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from effzoo.attention.full import FullAttention
 from effzoo.attention.nystrom import NystromAttention, iterative_pinv, landmark_segments
@@ -29,6 +28,7 @@ from effzoo.modeling.nystrom import (
     NystromForTokenClassification,
     NystromModel,
 )
+from tests.attention.memory import assert_memory_grows_linearly
 
 TINY = dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=8,
             max_position_embeddings=64, attention_probs_dropout_prob=0.0)
@@ -255,20 +255,13 @@ def test_equals_transformers_nystromformer_where_its_segments_are_defined():
 # -- cost ----------------------------------------------------------------------------------------------
 
 
-def largest_allocation(attention: NystromAttention, length: int) -> int:
-    q, k, v = [torch.randn(1, 4, length, 8, requires_grad=True) for _ in range(3)]
-    mask = torch.arange(length) < length - 7
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        attention(q, k, v, padding_mask=mask[None]).sum().backward()
-    return max(event.self_cpu_memory_usage for event in prof.events())
 
 
 def test_memory_grows_linearly():
     """With a fixed number of landmarks the largest allocation of a forward + backward is linear in L."""
     attention = mechanism(num_attention_heads=4, hidden_size=32, num_landmarks=16, conv_kernel_size=5).train()
-    small, large = largest_allocation(attention, 4096), largest_allocation(attention, 8192)
-    assert large < 2.6 * small, (small, large)  # quadratic would be 4×
-    assert large < 4 * 8192 * 8192 * 4 / 10  # an order of magnitude below heads × L × L floats
+    assert_memory_grows_linearly(attention, heads=4,
+                                 inputs=lambda length: {"padding_mask": (torch.arange(length) < length - 7)[None]})
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
