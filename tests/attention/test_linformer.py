@@ -16,11 +16,11 @@ from effzoo.attention.linformer import LinformerAttention
 from effzoo.attention.reference import dense_reference_attention
 from effzoo.configs.linformer import LinformerConfig
 from effzoo.modeling.linformer import LinformerForMaskedLM, LinformerModel
+from tests.attention.inputs import LENGTH, padding_mask, qkv
 from tests.attention.memory import assert_memory_grows_linearly
 
 TINY = dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=8,
             max_position_embeddings=32, attention_probs_dropout_prob=0.0)
-LENGTH = 19
 
 
 def config(**fields) -> LinformerConfig:
@@ -29,21 +29,6 @@ def config(**fields) -> LinformerConfig:
 
 def mechanism(**fields) -> LinformerAttention:
     return LinformerAttention(config(**fields)).eval()
-
-
-def qkv(batch: int = 2, length: int = LENGTH, heads: int = 2, dtype: torch.dtype = torch.float32):
-    generator = torch.Generator().manual_seed(4)
-    return [torch.randn(batch, heads, length, 8, generator=generator, dtype=dtype) for _ in range(3)]
-
-
-def padding_mask(batch: int, length: int, padding: str | None) -> torch.Tensor | None:
-    if padding is None:
-        return None
-    mask = torch.ones(batch, length, dtype=torch.bool)
-    for row in range(batch):
-        real = length - 5 * row
-        mask[row] = torch.arange(length) < real if padding == "right" else torch.arange(length) >= length - real
-    return mask
 
 
 def randomise(attention: LinformerAttention, seed: int = 1) -> LinformerAttention:
@@ -206,8 +191,6 @@ def test_sharing_modes_own_the_parameters_they_say():
     shapes = {sharing: [tuple(p.shape) for p in mechanism(projection_sharing=sharing).parameters()]
               for sharing in ("none", "headwise", "key_value")}
     assert shapes == {"none": [(2, 8, 32)] * 2, "headwise": [(1, 8, 32)] * 2, "key_value": [(1, 8, 32)]}
-
-
 
 
 def test_memory_grows_linearly():

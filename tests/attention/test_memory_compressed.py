@@ -17,11 +17,11 @@ from effzoo.attention.memory_compressed import MemoryCompressedAttention
 from effzoo.attention.reference import dense_reference_attention
 from effzoo.configs.memory_compressed import MemoryCompressedConfig
 from effzoo.modeling.memory_compressed import MemoryCompressedForCausalLM, MemoryCompressedForMaskedLM, MemoryCompressedModel
+from tests.attention.inputs import LENGTH, padding_mask, qkv
 from tests.attention.memory import assert_memory_grows_linearly
 
 TINY = dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=8,
             max_position_embeddings=64, attention_probs_dropout_prob=0.0)
-LENGTH = 19
 
 
 def config(**fields) -> MemoryCompressedConfig:
@@ -30,21 +30,6 @@ def config(**fields) -> MemoryCompressedConfig:
 
 def mechanism(**fields) -> MemoryCompressedAttention:
     return MemoryCompressedAttention(config(**fields)).eval()
-
-
-def qkv(batch: int = 2, length: int = LENGTH, heads: int = 2, dtype: torch.dtype = torch.float32):
-    generator = torch.Generator().manual_seed(4)
-    return [torch.randn(batch, heads, length, 8, generator=generator, dtype=dtype) for _ in range(3)]
-
-
-def padding_mask(batch: int, length: int, padding: str | None) -> torch.Tensor | None:
-    if padding is None:
-        return None
-    mask = torch.ones(batch, length, dtype=torch.bool)
-    for row in range(batch):
-        real = length - 5 * row
-        mask[row] = torch.arange(length) < real if padding == "right" else torch.arange(length) >= length - real
-    return mask
 
 
 def randomise(attention: MemoryCompressedAttention, seed: int = 1) -> MemoryCompressedAttention:
@@ -195,8 +180,6 @@ def test_a_row_without_tokens_gives_zeros():
     for causal in (False, True):
         out = attention(q, k, v, padding_mask=mask, causal=causal)
         assert torch.isfinite(out).all() and out[0].abs().max() == 0 and out[1][:, [0, 3]].abs().max() == 0
-
-
 
 
 def test_bidirectional_memory_grows_linearly():

@@ -24,31 +24,16 @@ from effzoo.attention.lsh import shared_qk_keys
 from effzoo.attention.reference import dense_reference_attention
 from effzoo.attention.routing import RoutingAttention
 from effzoo.configs.routing import RoutingConfig
+from tests.attention.inputs import LENGTH, padding_mask, qkv
 from tests.attention.memory import assert_memory_grows_linearly
 
 TINY = dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=8,
             max_position_embeddings=64, attention_probs_dropout_prob=0.0)
-LENGTH = 19
 
 
 def mechanism(**fields) -> RoutingAttention:
     fields = {**TINY, "num_clusters": 3, "num_local_heads": 0, **fields}
     return RoutingAttention(RoutingConfig(**fields)).eval()
-
-
-def qkv(batch: int = 2, length: int = LENGTH, heads: int = 2, dtype: torch.dtype = torch.float32):
-    generator = torch.Generator().manual_seed(4)
-    return [torch.randn(batch, heads, length, 8, generator=generator, dtype=dtype) for _ in range(3)]
-
-
-def padding_mask(batch: int, length: int, padding: str | None) -> torch.Tensor | None:
-    if padding is None:
-        return None
-    mask = torch.ones(batch, length, dtype=torch.bool)
-    for row in range(batch):
-        real = length - 5 * row
-        mask[row] = torch.arange(length) < real if padding == "right" else torch.arange(length) >= length - real
-    return mask
 
 
 def taken_by(vectors: torch.Tensor, centroid: torch.Tensor, positions: list[int], window: int) -> list[int]:
@@ -410,8 +395,6 @@ def test_the_scores_are_clusters_by_window_by_window():
     assert clusters.query_index.shape == clusters.key_index.shape == (2, 2, 4, 8)
     contexts, log_normalisers = attention._attend_clusters(q, k, v, clusters, causal=False)
     assert contexts.shape == (2, 2, 4, 8, 8) and log_normalisers.shape == (2, 2, 4, 8)
-
-
 
 
 def test_memory_grows_linearly():
