@@ -49,6 +49,19 @@ class AttentionMechanism(nn.Module):
     calibrates: ClassVar[bool] = False
     #: What calibration sets and how (the conversion report's words).
     calibration_method: ClassVar[str] = ""
+    #: Why a mechanism without ``supports_causal`` cannot be causal (the refusals' words).
+    bidirectional_reason: ClassVar[str] = "it attends every position of the sequence"
+
+    @classmethod
+    def causal_refusal(cls, request: str, fix: str) -> ValueError:
+        """The error for a causal ``request`` to a bidirectional mechanism, naming ``fix``."""
+        return ValueError(f"{request}: {cls.__name__} is bidirectional only ({cls.bidirectional_reason}). {fix}, or use "
+                          "a causal variant (full, local, linear, memory_compressed) for a causal model.")
+
+    def refuse_causal(self, causal: bool) -> None:
+        """Raise for ``causal=True`` where the mechanism cannot be causal."""
+        if causal and not self.supports_causal:
+            raise self.causal_refusal("causal=True", "Call with causal=False")
 
     @classmethod
     def check_can_return_weights(cls) -> None:

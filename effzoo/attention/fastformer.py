@@ -51,6 +51,7 @@ class FastformerAttention(AttentionMechanism):
     """
 
     supports_causal = False
+    bidirectional_reason = 'its global query and key sum over the whole sequence, later tokens included'
     conversion_init = ("fastformer: w_q = w_k = 0 (the global query and key start as means over the real "
                        "tokens), transform T = identity, bias 0")
     no_attention_weights_reason = (
@@ -84,10 +85,7 @@ class FastformerAttention(AttentionMechanism):
         causal: bool = False,
         cache: Any = None,
     ) -> torch.Tensor:
-        if causal:
-            raise ValueError("causal=True: FastformerAttention is bidirectional (its global query and key sum over "
-                             "the whole sequence, later tokens included). Call with causal=False, or use a causal "
-                             "variant (full, local, linear).")
+        self.refuse_causal(causal)
         batch, heads, length, dim = q.shape
         real = torch.ones(batch, length, dtype=torch.bool, device=q.device) if padding_mask is None \
             else padding_mask.bool()

@@ -83,6 +83,7 @@ class InducingAttention(AttentionMechanism):
     """
 
     supports_causal = False
+    bidirectional_reason = 'every latent point reads the whole sequence, later tokens included'
     calibrates = True
     calibration_method = "the latents as k-means centroids of each head's real queries"
     conversion_init = ("inducing latents: k-means centroids of each head's real queries on sample text "
@@ -148,10 +149,7 @@ class InducingAttention(AttentionMechanism):
         causal: bool = False,
         cache: Any = None,
     ) -> torch.Tensor:
-        if causal:
-            raise ValueError("causal=True: InducingAttention is bidirectional (every latent point reads the whole "
-                             "sequence, later tokens included). Call with causal=False, or use a causal variant "
-                             "(full, local, linear).")
+        self.refuse_causal(causal)
         pooled, special = self.pooled_and_special(q, padding_mask)
         points_k, points_v = self.induce(k, v, pooled)
         has_points = pooled.any(-1, keepdim=True).expand(-1, points_k.shape[2])  # (batch, m)

@@ -55,6 +55,7 @@ class LinformerAttention(AttentionMechanism):
     """
 
     supports_causal = False
+    bidirectional_reason = 'each projected row mixes every position, future ones included'
     no_attention_weights_reason = (
         "linformer's queries attend projected rows (mixtures of tokens), not tokens, so there are no "
         "per-token weights."
@@ -99,12 +100,7 @@ class LinformerAttention(AttentionMechanism):
         cache: Any = None,
         output_attentions: bool = False,
     ) -> torch.Tensor:
-        if causal:
-            raise ValueError(
-                "causal=True: linformer cannot be causal (each projected row mixes every position, future ones "
-                "included). Call with causal=False (a model with is_decoder=False), or use the memory_compressed "
-                "variant for causal attention."
-            )
+        self.refuse_causal(causal)
         batch, _, length, _ = k.shape
         if length > self.max_positions:
             raise ValueError(

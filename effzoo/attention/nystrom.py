@@ -138,6 +138,7 @@ class NystromAttention(AttentionMechanism):
     """
 
     supports_causal = False
+    bidirectional_reason = 'a landmark averages earlier and later tokens'
     conversion_init = ("nystrom: no parameters of its own; with conv_kernel_size, the convolution over the "
                        "values starts at zero (the converted model starts as Nyström attention of the source)")
     no_attention_weights_reason = (
@@ -147,12 +148,6 @@ class NystromAttention(AttentionMechanism):
 
     def __init__(self, config: Any, layer_idx: int = 0) -> None:
         super().__init__(config, layer_idx)
-        if config.is_decoder:
-            raise ValueError(
-                "Nyström attention is bidirectional: is_decoder=True (a causal model) is not supported, since every "
-                "landmark averages earlier and later tokens. Set is_decoder=False, or use a causal variant "
-                "(full, local, longformer, sparse) for a causal LM."
-            )
         self.num_landmarks = config.num_landmarks
         self.pinv_iterations = config.pinv_iterations
         self.global_special_tokens = config.global_special_tokens
@@ -186,11 +181,7 @@ class NystromAttention(AttentionMechanism):
         cache: Any = None,
         output_attentions: bool = False,
     ) -> torch.Tensor:
-        if causal:
-            raise ValueError(
-                "causal=True: Nyström attention is bidirectional only (a landmark averages earlier and later tokens). "
-                "Call with causal=False, or use a causal variant for a causal LM."
-            )
+        self.refuse_causal(causal)
         if cache is not None:
             raise ValueError("cache: Nyström attention does not decode incrementally; call with cache=None.")
         batch, _, length, _ = q.shape

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..attention.fastformer import FastformerAttention
 from .base import EffzooConfig
 
 
@@ -17,8 +18,4 @@ class FastformerConfig(EffzooConfig):
     def check_backbone(self) -> None:
         super().check_backbone()
         if self.is_decoder:
-            raise ValueError(
-                "is_decoder=True: the fastformer variant cannot be causal (its global query and key sum over "
-                "the whole sequence, later tokens included). Set is_decoder=False, or use a causal variant "
-                "(full, local, linear) for a causal LM."
-            )
+            raise FastformerAttention.causal_refusal("is_decoder=True (a causal model)", "Set is_decoder=False")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..attention.inducing import InducingAttention
 from ..attention.checks import positive_int
 from .compressed import CompressedConfig
 
@@ -29,8 +30,4 @@ class InducingConfig(CompressedConfig):
         positive_int("num_inducing_points", self.num_inducing_points,
                      "Choose how many latent points each head attends through, e.g. num_inducing_points=64.")
         if self.is_decoder:
-            raise ValueError(
-                "is_decoder=True: the inducing variant cannot be causal (every latent point reads the whole "
-                "sequence, later tokens included). Set is_decoder=False, or use a causal variant (full, local, "
-                "linear) for a causal LM."
-            )
+            raise InducingAttention.causal_refusal("is_decoder=True (a causal model)", "Set is_decoder=False")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..attention.linformer import LinformerAttention
 from ..attention.checks import one_of, positive_int
 from .compressed import CompressedConfig
 
@@ -56,11 +57,7 @@ class LinformerConfig(CompressedConfig):
         one_of("projection_sharing", self.projection_sharing, PROJECTION_SHARING)
         one_of("projection_init", self.projection_init, PROJECTION_INITS)
         if self.is_decoder:
-            raise ValueError(
-                "is_decoder=True: linformer cannot be causal (the projection mixes every position of the "
-                "sequence into each row, future ones included). Set is_decoder=False, or use the "
-                "memory_compressed variant for a causal model."
-            )
+            raise LinformerAttention.causal_refusal("is_decoder=True (a causal model)", "Set is_decoder=False")
 
     def projected_rows(self) -> int:
         """k: ``projected_length``, or 128 (at most ``max_position_embeddings``) when it is None."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..attention.nystrom import NystromAttention
 from ..attention.checks import positive_int
 from .compressed import CompressedConfig
 
@@ -30,6 +31,8 @@ class NystromConfig(CompressedConfig):
 
     def check_backbone(self) -> None:
         super().check_backbone()
+        if self.is_decoder:
+            raise NystromAttention.causal_refusal("is_decoder=True (a causal model)", "Set is_decoder=False")
         positive_int("num_landmarks", self.num_landmarks, "e.g. num_landmarks=64 (the paper's).")
         positive_int("pinv_iterations", self.pinv_iterations, "e.g. pinv_iterations=6 (the paper's).")
         positive_int("conv_kernel_size", self.conv_kernel_size, "e.g. conv_kernel_size=65 (Transformers' "
